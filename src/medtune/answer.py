@@ -1,0 +1,104 @@
+"""Answerer: the answer letter, every option's probability, and an explanation.
+
+The letter and probabilities come from `evaluate.choice_logprobs`, the function evaluation scores with;
+the explanation is generated afterwards, continuing from the chosen answer, so free text can never change
+the graded answer. The CLI uses it now; a server can hold one and call `answer_many`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from medtune.data import LETTERS, MCQExample, example_from_input
+from medtune.device import select_device, select_dtype
+from medtune.evaluate import choice_logprobs, model_device
+from medtune.modeling import load_adapter, load_base
+from medtune.prompts import PromptTemplate, template_for
+from medtune.rundir import RunDir
+from medtune.tokenization import pad_token_id
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer: str  # the chosen letter
+    probs: dict[str, float]  # letter -> probability, summing to 1 over the options
+    explanation: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Answerer:
+    """A loaded model (with its adapter) and the prompt template it was trained with."""
+
+    def __init__(self, model, tokenizer, template: PromptTemplate, description: dict):
+        self.model, self.tokenizer, self.template, self.description = model, tokenizer, template, description
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
+                 prompt_format: str | None = None) -> Answerer:
+        """The run's base model + adapter + saved prompt; refuses a base that differs from the trained one."""
+        run = RunDir(run_dir).require_run()
+        manifest = run.read_manifest()
+        base = manifest["base_model"]
+        chosen_device = select_device(device).value
+        chosen_dtype = _inference_dtype(dtype, chosen_device)
+        model, tokenizer, info = load_base(base["id"], chosen_dtype, base.get("revision"))
+        model = load_adapter(model, run.adapter, base["fingerprint"]).to(chosen_device)
+        template = PromptTemplate.load(run.prompt)
+        if prompt_format:
+            template = template.with_format(prompt_format)
+        description = {"base_model": base["id"], "adapter": str(run.adapter), "dtype": chosen_dtype,
+                       "device": chosen_device, "prompt_format": template.format}
+        return cls(model, tokenizer, template, description)
+
+    @classmethod
+    def from_model(cls, source: str, device: str = "auto", dtype: str = "auto", prompt_format: str = "auto",
+                   trust_remote_code: bool = False) -> Answerer:
+        """A base model with no adapter; the prompt follows its chat template (or plain text)."""
+        chosen_device = select_device(device).value
+        chosen_dtype = _inference_dtype(dtype, chosen_device)
+        model, tokenizer, info = load_base(source, chosen_dtype, trust_remote_code=trust_remote_code)
+        template = template_for(tokenizer, prompt_format)
+        description = {"base_model": source, "adapter": None, "dtype": chosen_dtype, "device": chosen_device,
+                       "prompt_format": template.format}
+        return cls(model.to(chosen_device), tokenizer, template, description)
+
+    def score(self, examples: list[MCQExample]) -> list[dict[str, float]]:
+        """Option probabilities per example, exactly as `medtune eval` computes them."""
+        logprobs = choice_logprobs(self.model, self.tokenizer, self.template, examples)
+        return [{letter: math.exp(logprobs[i, j].item()) for j, letter in enumerate(example.letters)}
+                for i, example in enumerate(examples)]
+
+    def answer_many(self, items: list[tuple[str, list[str]]], explain: bool = False,
+                    max_new_tokens: int = 160) -> list[Answer]:
+        """Score all questions in one batched pass; explanations (if asked) are generated one by one."""
+        examples = [example_from_input(q, o, where=f"question {i + 1}") for i, (q, o) in enumerate(items)]
+        answers = []
+        for example, probs in zip(examples, self.score(examples)):
+            letter = max(probs, key=probs.get)
+            text = self.explain(example, LETTERS.index(letter), max_new_tokens) if explain else None
+            answers.append(Answer(letter, probs, text))
+        return answers
+
+    def answer(self, question: str, options: list[str], explain: bool = True, max_new_tokens: int = 160) -> Answer:
+        return self.answer_many([(question, options)], explain, max_new_tokens)[0]
+
+    @torch.no_grad()
+    def explain(self, example: MCQExample, index: int, max_new_tokens: int = 160) -> str:
+        """Greedy explanation continuing from '... Answer: B) <option>\\nExplanation:'."""
+        context = self.template.explanation_context(example, index)
+        ids = self.tokenizer(context, add_special_tokens=self.template.add_special_tokens, return_tensors="pt")
+        ids = ids.to(model_device(self.model))
+        output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=pad_token_id(self.tokenizer))
+        return self.tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def _inference_dtype(requested: str, device: str) -> str:
+    # Inference has no optimizer to protect: bf16 where the device supports it is the usual choice on GPUs.
+    return select_dtype(requested, device).value

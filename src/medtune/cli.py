@@ -1,0 +1,200 @@
+"""`medtune` command line: each subcommand is a thin shell over one API call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medtune import __version__
+
+EPILOG = "Run 'medtune COMMAND --help' for a command's options. Docs: README.md."
+
+
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", help="a finished training run (adapter + prompt + manifest)")
+    parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
+    parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
+                        help="with --model: the prompt style (default auto: the chat template if the model has one); "
+                             "with a run: 'harness' scores with lm-evaluation-harness's MedMCQA prompt instead")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow code from the model repository to run (only for repositories you trust)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtune", epilog=EPILOG,
+                                     description="Fine-tune, evaluate and serve small language models on "
+                                                 "medical multiple-choice questions, on any PyTorch device.")
+    parser.add_argument("--version", action="version", version=f"medtune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter", epilog=EPILOG,
+                                description="Fine-tune a LoRA adapter on multiple-choice questions. Settings resolve as "
+                                            "command line > --config YAML > defaults (the Qwen3-1.7B recipe).")
+    train.add_argument("--model", help="base model: Hub id, local folder or .gguf file (default Qwen/Qwen3-1.7B)")
+    train.add_argument("--data", help="training data: Hub dataset id or a local .jsonl/.json/.parquet/.csv file")
+    train.add_argument("--eval-data", help="held-out data; rows found here are kept out of the dev slice")
+    train.add_argument("--output", required=True, help="run directory to create (or resume)")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    train.add_argument("--epochs", type=float, help="passes over the training rows (default 1)")
+    train.add_argument("--limit", type=int, help="use the first N valid training rows")
+    train.add_argument("--config", help="YAML file of settings (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--skip-invalid", action="store_true",
+                       help="skip invalid rows (counted by reason in report.json) instead of stopping at the first")
+    train.add_argument("--answer-base", type=int, choices=[0, 1],
+                       help="integer answers are 0-based (Hub) or 1-based (original release), when data cannot tell")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    train.add_argument("--dtype", help="auto | bf16 | fp16 | fp32")
+    train.add_argument("--trust-remote-code", action="store_true", default=None,
+                       help="allow code from the model repository to run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="any other setting, e.g. lora_r=8 learning_rate=1e-4 (see TrainConfig)")
+
+    evaluate = commands.add_parser("eval", help="score a model or run on labelled questions", epilog=EPILOG,
+                                   description="Score each question by the answer letters' probabilities (one forward "
+                                               "pass per question); write metrics.json and predictions.jsonl.")
+    _add_model_choice(evaluate)
+    evaluate.add_argument("--data", required=True, help="Hub dataset id or local file")
+    evaluate.add_argument("--split", default="validation", help="Hub split (default validation)")
+    evaluate.add_argument("--limit", type=int, help="the first N valid questions")
+    evaluate.add_argument("--output", required=True, help="folder for metrics.json and predictions.jsonl")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default 16)")
+    evaluate.add_argument("--skip-invalid", action="store_true", help="skip invalid rows, counted in metrics.json")
+    evaluate.add_argument("--answer-base", type=int, choices=[0, 1], help="see 'medtune train --help'")
+    evaluate.add_argument("--generative", action="store_true",
+                          help="also generate and parse a strict 'Answer: X' (unparseable counts as wrong)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=16, help="generation length for --generative")
+
+    ask = commands.add_parser("ask", help="answer one question with probabilities and an explanation", epilog=EPILOG)
+    _add_model_choice(ask)
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--option", action="append", required=True, help="an answer option; give 2 to 5 times")
+    ask.add_argument("--no-explain", action="store_true", help="skip generating the explanation")
+    ask.add_argument("--max-new-tokens", type=int, default=160, help="explanation length limit (tokens)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+
+    quick = commands.add_parser("quickstart", help="the CPU demo: evaluate, fine-tune, evaluate, answer", epilog=EPILOG,
+                                description="Fine-tune SmolLM2-135M-Instruct on CPU, evaluating before and after on "
+                                            "held-out questions, then answer a sample question.")
+    quick.add_argument("--output", default="runs/quickstart", help="where the run and its report go")
+    quick.add_argument("--data", help="local MedMCQA training file (default: Hub MedMCQA, else the demo set)")
+    quick.add_argument("--eval-data", help="local held-out file (with --data)")
+    quick.add_argument("--limit", type=int, default=None, help="training rows (default: all of the demo set, "
+                                                                "or 400 with Hub/--data)")
+    quick.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 200)")
+    quick.add_argument("--epochs", type=float, default=None, help="passes over the training rows")
+    return parser
+
+
+def _run_train(args) -> int:
+    from medtune.config import load_config, parse_overrides
+    from medtune.train import train
+
+    flags = {name: getattr(args, name) for name in ("model", "data", "eval_data", "output", "max_steps", "epochs",
+                                                    "limit", "answer_base", "device", "dtype")}
+    flags.update(skip_invalid=args.skip_invalid or None, resume=args.resume or None,
+                 trust_remote_code=args.trust_remote_code)
+    config = load_config(args.config, **parse_overrides(args.overrides), **flags)
+    run = train(config, progress=not args.quiet)
+    print(f"run directory: {run.root}\n  evaluate:  medtune eval {run.root} --data DATA --output {run.root}/eval")
+    return 0
+
+
+def _load_answerer(args):
+    from medtune.answer import Answerer
+
+    if bool(args.run_dir) == bool(args.model):
+        raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
+    if args.run_dir:
+        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format)
+    return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
+                               args.trust_remote_code)
+
+
+def _run_eval(args) -> int:
+    from medtune.data import load_examples
+
+    examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
+                                     skip_invalid=args.skip_invalid, limit=args.limit)
+    answerer = _load_answerer(args)
+    metrics = run_evaluation(answerer, examples, Path(args.output), args.batch_size)
+    metrics["data"] = report.to_dict()
+    if args.generative:
+        from medtune.evaluate import evaluate_generative
+
+        generative, _ = evaluate_generative(answerer.model, answerer.tokenizer, answerer.template, examples,
+                                            args.max_new_tokens)
+        metrics["generative"] = generative
+    _write_metrics(Path(args.output), metrics)
+    return 0
+
+
+def run_evaluation(answerer, examples, output: Path, batch_size: int = 16) -> dict:
+    """Score `examples`, write predictions.jsonl and metrics.json under `output`, print a summary."""
+    from medtune.evaluate import evaluate
+
+    metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
+    metrics["model"] = answerer.description
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(p) + "\n" for p in predictions)
+    _write_metrics(output, metrics)
+    low, high = metrics["ci95"]
+    print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions; "
+          f"baselines: random {metrics['baselines']['random']:.3f}, always-{metrics['baselines']['majority_letter']} "
+          f"{metrics['baselines']['majority']:.3f}; {metrics['questions_per_second']} questions/s -> {output}")
+    return metrics
+
+
+def _write_metrics(output: Path, metrics: dict) -> None:
+    from medtune.rundir import write_json
+
+    write_json(output / "metrics.json", metrics)
+
+
+def _run_ask(args) -> int:
+    answer = _load_answerer(args).answer(args.question, args.option, explain=not args.no_explain,
+                                         max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return 0
+    print(f"Answer: {answer.answer}")
+    for letter, option in zip(answer.probs, args.option):
+        print(f"  {letter}. {option:<50.50} {answer.probs[letter]:6.1%}")
+    if answer.explanation is not None:
+        print(f"Explanation: {answer.explanation}")
+    return 0
+
+
+def _run_quickstart(args) -> int:
+    from medtune.quickstart import quickstart
+
+    quickstart(Path(args.output), args.data, args.eval_data, args.limit, args.eval_limit, args.epochs)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "quickstart": _run_quickstart}
+    from medtune.data import DataError
+    from medtune.device import HardwareError
+    from medtune.modeling import ModelError
+    from medtune.tokenization import PromptError
+
+    try:
+        return handlers[args.command](args)
+    except (DataError, PromptError, ModelError, HardwareError, ValueError, OSError) as error:
+        print(f"medtune {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

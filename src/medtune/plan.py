@@ -1,0 +1,513 @@
+"""Training-memory planner: how many bytes a LoRA/QLoRA/full fine-tune needs, before loading anything.
+
+Parameter counts are exact: the model is built on the `meta` device (no memory) and wrapped with
+PEFT LoRA there. Activation and overhead figures are models of what autograd keeps; each lives in
+its own small function with its assumptions, so measured peaks can recalibrate one term at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import re
+import sys
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+CHOICES = {"method": ("full", "lora", "qlora"), "dtype": tuple(DTYPE_BYTES),
+           "optimizer": ("adamw", "adamw8bit", "sgd"), "device": ("cpu", "cuda")}
+GIB = 1 << 30
+MIB = 1 << 20
+# NF4 stores 2 weights per byte plus one fp32 absmax per 64-weight block (bitsandbytes default,
+# double quantization off as in transformers' BitsAndBytesConfig): 0.5 + 4/64 bytes per weight.
+NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
+# Each LoRA adapter is kept in fp32 (PEFT's autocast_adapter_dtype upcasts bf16/fp16 adapters).
+ADAPTER_BYTES = 4
+# Dropout keeps its mask for backward: float32 with the CPU kernel (measured), bool on CUDA.
+DROPOUT_MASK_BYTES = {"cpu": 4, "cuda": 1}
+# Imports of torch + transformers + peft measure ~475 MiB RSS here; the rest is tokenizer, data
+# and allocator arenas. A baseline to calibrate against measured peak RSS.
+CPU_BASELINE_BYTES = 768 * MIB
+# CUDA context + cuBLAS workspaces, which torch.cuda.max_memory_allocated() never shows.
+CUDA_CONTEXT_BYTES = 1 * GIB
+# The caching allocator holds freed blocks it cannot reuse for other sizes.
+CUDA_FRAGMENTATION = 0.10
+# The loss keeps the fp32 log-softmax of the supervised logits, and backward adds its gradient.
+LOGITS_FP32_COPIES = 2
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": MIB, "gib": GIB, "tib": 1 << 40}
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """One training setting to estimate. Lengths are tokens; memory is bytes."""
+
+    model: str  # Hub id, local model folder, or path to a config.json
+    method: str = "lora"  # 'full' | 'lora' | 'qlora'
+    dtype: str = "bf16"  # 'fp32' | 'bf16' | 'fp16': compute dtype; 16-bit means autocast, as the trainer does
+    weights_dtype: str | None = None  # base weights' storage; None: `dtype` (the trainer uses fp32 on CPU)
+    batch_size: int = 4
+    seq_len: int = 512
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # 'adamw' | 'adamw8bit' | 'sgd'
+    lora_r: int = 16
+    lora_target_modules: tuple[str, ...] = DEFAULT_TARGETS  # or ("all-linear",), PEFT's shorthand
+    lora_dropout: float = 0.05  # medtune's training default; >0 keeps a mask per adapted module
+    supervised_fraction: float = 0.25  # share of positions with a label (logits exist only there)
+    device_memory_bytes: int | None = None
+    device: str = "cpu"  # 'cpu' | 'cuda': which runtime overhead applies
+    gradient_accumulation_steps: int = 1  # no memory effect; keeps the effective batch readable
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from an architecture; counts are exact parameter counts."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    num_heads: int
+    num_kv_heads: int
+    q_dim: int  # num_heads * head_dim
+    kv_dim: int  # num_key_value_heads * head_dim
+    vocab: int
+    qk_norm: bool  # Qwen3 normalises q and k per head; Llama does not
+    linear_in: tuple[tuple[str, int], ...]  # per-layer Linear name -> in_features
+    base_params: int
+    quantizable_params: int  # decoder Linear weights, which bitsandbytes stores in 4 bit
+    lora_params: int
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated peak training memory, in bytes, by component."""
+
+    input: PlanInput
+    total_params: int
+    trainable_params: int
+    weights: int
+    trainable_params_bytes: int  # parameters beyond `weights` (the adapters); 0 for full
+    gradients: int
+    optimizer_state: int
+    activations: int
+    logits: int
+    runtime_overhead: int
+    recommendations: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(self.breakdown().values())
+
+    @property
+    def fits(self) -> bool | None:
+        limit = self.input.device_memory_bytes
+        return None if limit is None else self.total <= limit
+
+    @property
+    def trainable_share(self) -> float:
+        """Trainable fraction of all parameters (adapters included), 0..1."""
+        return self.trainable_params / self.total_params
+
+    def breakdown(self) -> dict[str, int]:
+        return {"weights": self.weights, "trainable_params": self.trainable_params_bytes,
+                "gradients": self.gradients, "optimizer_state": self.optimizer_state,
+                "activations": self.activations, "logits": self.logits,
+                "runtime_overhead": self.runtime_overhead}
+
+    def to_dict(self) -> dict:
+        inp = self.input
+        keys = ("model", "method", "dtype", "batch_size", "seq_len", "gradient_checkpointing", "optimizer",
+                "lora_r", "lora_dropout", "device", "gradient_accumulation_steps")
+        return {**{k: getattr(inp, k) for k in keys}, "weights_dtype": _weights_dtype(inp),
+                "params": {"total": self.total_params, "trainable": self.trainable_params,
+                           "trainable_share": self.trainable_share},
+                "breakdown": self.breakdown(), "total_bytes": self.total,
+                "device_memory_bytes": inp.device_memory_bytes, "fits": self.fits,
+                "recommendations": list(self.recommendations)}
+
+
+def load_model_config(source: str):
+    """A transformers config from a Hub id, a model folder or a config.json file; never remote code."""
+    from transformers import AutoConfig
+
+    try:
+        if Path(source).is_file():
+            return AutoConfig.for_model(**json.loads(Path(source).read_text()))
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"Cannot load a model config from {source!r}: {err}") from err
+
+
+@functools.lru_cache(maxsize=16)
+def model_shape(source: str, lora_r: int, targets: tuple[str, ...]) -> ModelShape:
+    """Build the model on `meta` (no memory) and read its shapes; LoRA counted by PEFT itself."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_model_config(source)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except ValueError as err:
+        raise ValueError(f"{source!r} is not a causal language model config: {err}") from err
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError(f"{source!r} has no llama-style decoder layers to plan for.")
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    linears = [m for m in model.get_decoder().modules() if isinstance(m, torch.nn.Linear)]
+    return ModelShape(
+        num_layers=len(layers), hidden=config.hidden_size, intermediate=config.intermediate_size,
+        num_heads=heads, num_kv_heads=kv_heads, q_dim=heads * head_dim, kv_dim=kv_heads * head_dim,
+        vocab=config.vocab_size,
+        qk_norm=hasattr(layers[0].self_attn, "q_norm"),
+        linear_in=tuple((n.rsplit(".", 1)[-1], m.in_features) for n, m in layers[0].named_modules()
+                        if isinstance(m, torch.nn.Linear)),
+        base_params=sum(p.numel() for p in model.parameters()),  # tied weights counted once
+        quantizable_params=sum(m.weight.numel() for m in linears),
+        lora_params=_count_lora_params(model, source, lora_r, targets))
+
+
+def _count_lora_params(model, source: str, lora_r: int, targets: tuple[str, ...]) -> int:
+    """Exact adapter parameter count, r * (in + out) per adapted Linear, as PEFT creates them."""
+    from peft import LoraConfig, get_peft_model
+
+    if not targets:  # full fine-tuning: no adapters
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # PEFT pokes a deprecated transformers API
+            peft_targets = "all-linear" if targets == ("all-linear",) else list(targets)
+            peft_model = get_peft_model(model, LoraConfig(r=lora_r, target_modules=peft_targets))
+    except ValueError as err:
+        raise ValueError(f"LoRA targets {list(targets)} do not fit {source!r}: {err}") from err
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def _weights_dtype(inp: PlanInput) -> str:
+    return inp.weights_dtype or inp.dtype
+
+
+def _weight_bytes(shape: ModelShape, inp: PlanInput) -> int:
+    """Base weights in their storage dtype; QLoRA keeps decoder Linears in NF4, the rest unquantized."""
+    stored = DTYPE_BYTES[_weights_dtype(inp)]
+    if inp.method != "qlora":
+        return shape.base_params * stored
+    other = shape.base_params - shape.quantizable_params  # embeddings (tied head) and norms
+    return int(shape.quantizable_params * NF4_BYTES_PER_PARAM) + other * stored
+
+
+def _trainable_dtype_bytes(inp: PlanInput) -> int:
+    """Bytes per trainable parameter, and per gradient and AdamW state (torch allocates them alike).
+
+    Full fine-tuning (not what medtune's trainer does) assumes no fp32 master copy.
+    """
+    return DTYPE_BYTES[_weights_dtype(inp)] if inp.method == "full" else ADAPTER_BYTES
+
+
+def _optimizer_state_bytes(trainable: int, inp: PlanInput) -> int:
+    """AdamW: exp_avg + exp_avg_sq; 8-bit AdamW: 1 byte each; SGD without momentum: nothing."""
+    if inp.optimizer == "adamw":
+        return 2 * trainable * _trainable_dtype_bytes(inp)
+    return 2 * trainable if inp.optimizer == "adamw8bit" else 0
+
+
+def _adapted_linears(shape: ModelShape, inp: PlanInput) -> list[tuple[str, int]]:
+    """(name, in_features) of one layer's Linears that get an adapter."""
+    every = inp.lora_target_modules == ("all-linear",)
+    return [(name, n_in) for name, n_in in shape.linear_in if every or name in inp.lora_target_modules]
+
+
+def _shared_linear_inputs(shape: ModelShape, names: set[str]) -> int:
+    """Elements per token of the distinct tensors feeding the Linears in `names`."""
+    groups = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
+              "o_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
+    inputs = {groups.get(name, name): n_in for name, n_in in shape.linear_in if name in names}
+    inputs.pop("attn_out", None)  # SDPA already keeps its output; o_proj reads a view of it
+    return sum(inputs.values())
+
+
+def _lora_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
+    """What one layer's adapters keep for backward, per token.
+
+    PEFT runs each adapter on an fp32 copy of its input; autocast then saves a 16-bit copy per
+    module for lora_A's weight gradient, and dropout makes a new tensor per module plus its mask.
+    In plain fp32 without dropout, lora_A keeps the very tensor the layer already produced.
+    lora_A's output [r] is kept for lora_B's gradient.
+    """
+    a = DTYPE_BYTES[inp.dtype]
+    adapted = _adapted_linears(shape, inp)
+    n_in = sum(n for _, n in adapted)
+    total = len(adapted) * inp.lora_r * a
+    if inp.lora_dropout > 0:
+        total += n_in * DROPOUT_MASK_BYTES[inp.device]
+    if inp.lora_dropout > 0 or a != 4:
+        return total + n_in * a
+    return total + _shared_linear_inputs(shape, {name for name, _ in adapted}) * a
+
+
+def layer_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
+    """Bytes one llama-style decoder layer keeps for backward, per token.
+
+    Counted from torch's saved-tensor hooks on a tiny Qwen3 (tests check it). SDPA keeps q, k, v,
+    its output and a logsumexp per head, never the [seq, seq] score matrix.
+    """
+    a = DTYPE_BYTES[inp.dtype]
+    h, q, kv, inter = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    norms = 2 * (4 * h + 4)  # RMSNorm keeps an fp32 copy of its input and 1/rms per token
+    qk_norms = 4 * (q + kv) + 4 * (shape.num_heads + shape.num_kv_heads) if shape.qk_norm else 0
+    attention = a * (2 * q + 2 * kv) + 4 * shape.num_heads
+    mlp = 3 * a * inter  # gate, up and silu(gate): inputs of the elementwise ops
+    total = norms + qk_norms + attention + mlp
+    if inp.method == "full":  # weight gradients need every Linear's and norm's input too
+        norm_inputs = 2 * h + (q + kv if shape.qk_norm else 0)
+        linear_inputs = _shared_linear_inputs(shape, {name for name, _ in shape.linear_in})
+        return total + a * (norm_inputs + linear_inputs)
+    return total + _lora_saved_bytes_per_token(shape, inp)
+
+
+def _autocast_weight_copies(shape: ModelShape, inp: PlanInput) -> int:
+    """16-bit copies of weights that autocast casts and autograd keeps, for all layers.
+
+    Adapters (fp32) are always cast; fp32 base weights (the trainer's CPU setting) are too.
+    """
+    if inp.dtype == "fp32":
+        return 0
+    cast = shape.lora_params if inp.method != "full" else 0
+    if _weights_dtype(inp) == "fp32" and inp.method != "qlora":
+        cast += shape.quantizable_params
+    return cast * DTYPE_BYTES[inp.dtype]
+
+
+def _activation_bytes(shape: ModelShape, inp: PlanInput) -> int:
+    """Tensors kept for backward: all layers, the final norm's fp32 copy, autocast weight copies.
+
+    With checkpointing only each layer's input [batch, seq, hidden] is kept, and one layer at a
+    time is recomputed in full during backward.
+    """
+    tokens = inp.batch_size * inp.seq_len
+    per_layer = tokens * layer_saved_bytes_per_token(shape, inp)
+    copies = _autocast_weight_copies(shape, inp)
+    if inp.gradient_checkpointing:
+        inputs = tokens * shape.num_layers * shape.hidden * DTYPE_BYTES[_weights_dtype(inp)]
+        kept = inputs + per_layer + copies // shape.num_layers
+    else:
+        kept = shape.num_layers * per_layer + copies
+    return kept + tokens * (4 * shape.hidden + 4)
+
+
+def _logits_bytes(shape: ModelShape, inp: PlanInput) -> int:
+    """fp32 log-softmax over the vocabulary, only at supervised positions, plus its gradient."""
+    supervised = math.ceil(inp.batch_size * inp.seq_len * inp.supervised_fraction)
+    return LOGITS_FP32_COPIES * supervised * shape.vocab * 4
+
+
+def _runtime_overhead_bytes(tensor_bytes: int, device: str) -> int:
+    """CPU: a fixed process baseline RSS. CUDA: context plus allocator fragmentation."""
+    if device == "cuda":
+        return CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * tensor_bytes)
+    return CPU_BASELINE_BYTES
+
+
+def _plan(inp: PlanInput) -> MemoryPlan:
+    """The estimate without recommendations (so the recommendation search can call it)."""
+    for field, allowed in CHOICES.items():
+        if getattr(inp, field) not in allowed:
+            raise ValueError(f"{field} must be one of {allowed}, not {getattr(inp, field)!r}.")
+    lora = inp.method != "full"
+    shape = model_shape(inp.model, inp.lora_r, tuple(inp.lora_target_modules) if lora else ())
+    trainable = shape.lora_params if lora else shape.base_params
+    parts = dict(weights=_weight_bytes(shape, inp),
+                 trainable_params_bytes=trainable * ADAPTER_BYTES if lora else 0,
+                 gradients=trainable * _trainable_dtype_bytes(inp),
+                 optimizer_state=_optimizer_state_bytes(trainable, inp),
+                 activations=_activation_bytes(shape, inp), logits=_logits_bytes(shape, inp))
+    return MemoryPlan(input=inp, total_params=shape.base_params + (trainable if lora else 0),
+                      trainable_params=trainable, **parts,
+                      runtime_overhead=_runtime_overhead_bytes(sum(parts.values()), inp.device))
+
+
+def estimate(inp: PlanInput) -> MemoryPlan:
+    """Peak training memory for `inp`, with advice when it does not fit `device_memory_bytes`."""
+    plan = _plan(inp)
+    if plan.fits is False:
+        plan = replace(plan, recommendations=tuple(_advice(plan)))
+    return plan
+
+
+def _candidates(inp: PlanInput, method: str):
+    """Settings in order of least change: checkpointing, then halve the batch, keeping the effective batch."""
+    effective = inp.batch_size * inp.gradient_accumulation_steps
+    yield replace(inp, method=method)
+    batch = inp.batch_size
+    while batch >= 1:
+        yield replace(inp, method=method, gradient_checkpointing=True, batch_size=batch,
+                      gradient_accumulation_steps=math.ceil(effective / batch))
+        batch //= 2
+
+
+def recommend(inp: PlanInput) -> list[PlanInput]:
+    """For each method from `inp.method` down to QLoRA, the least-changed setting that fits."""
+    if inp.device_memory_bytes is None:
+        raise ValueError("recommend needs device_memory_bytes to know what fits.")
+    methods = ("full", "lora", "qlora")[("full", "lora", "qlora").index(inp.method):]
+    found = []
+    for method in methods:
+        fitting = (c for c in _candidates(inp, method) if _plan(c).fits)
+        found.extend(c for c in [next(fitting, None)] if c is not None)
+    return found
+
+
+def _advice(plan: MemoryPlan) -> list[str]:
+    inp = plan.input
+    limit = human_bytes(inp.device_memory_bytes)
+    advice = [f"{_describe_change(inp, c)}: {human_bytes(_plan(c).total)} of {limit}."
+              for c in recommend(inp)]
+    if not advice:
+        smallest = list(_candidates(inp, "qlora"))[-1]
+        advice.append(f"Nothing tried fits {limit}: even QLoRA with checkpointing and batch 1 needs "
+                      f"{human_bytes(_plan(smallest).total)}; shorten --seq-len or use a larger device.")
+    return advice
+
+
+def _describe_change(old: PlanInput, new: PlanInput) -> str:
+    changes = []
+    if new.method != old.method:
+        changes.append(f"use --method {new.method}")
+    if new.gradient_checkpointing and not old.gradient_checkpointing:
+        changes.append("enable --gradient-checkpointing")
+    if new.batch_size != old.batch_size:
+        changes.append(f"use --batch-size {new.batch_size} with {new.gradient_accumulation_steps} "
+                       f"gradient accumulation steps (same effective batch)")
+    text = "; ".join(changes) or "keep these settings"
+    return text[0].upper() + text[1:]
+
+
+def human_bytes(n: int) -> str:
+    """Bytes as MiB below 1 GiB, else GiB, two decimals."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.2f} MiB"
+
+
+def format_plan(plan: MemoryPlan) -> str:
+    """A readable table of the plan."""
+    inp = plan.input
+    lines = [f"Memory plan for {inp.model}",
+             f"  {inp.method}, {inp.dtype} compute, {_weights_dtype(inp)} weights, batch {inp.batch_size} x "
+             f"{inp.seq_len} tokens, checkpointing {'on' if inp.gradient_checkpointing else 'off'}, "
+             f"{inp.optimizer}, device {inp.device}",
+             f"  parameters: {plan.total_params:,} total, {plan.trainable_params:,} trainable "
+             f"({100 * plan.trainable_share:.2f}%)", ""]
+    lines += [f"  {name:<18}{human_bytes(size):>12}" for name, size in plan.breakdown().items()]
+    lines += ["  " + "-" * 30, f"  {'total':<18}{human_bytes(plan.total):>12}"]
+    if plan.fits is not None:
+        verdict = "fits" if plan.fits else "does NOT fit"
+        lines.append(f"  {'device memory':<18}{human_bytes(inp.device_memory_bytes):>12}  -> {verdict}")
+    lines += [f"  - {text}" for text in plan.recommendations]
+    return "\n".join(lines)
+
+
+def parse_memory_size(text: str) -> int:
+    """'80GiB', '24GB', '1.5 GiB' or plain bytes -> bytes (GB = 10**9, GiB = 2**30)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and _UNITS.get(match.group(2).lower())
+    if not unit:
+        raise ValueError(f"Cannot read {text!r} as a memory size; write e.g. 80GiB, 24GB or 1000000.")
+    return int(float(match.group(1)) * unit)
+
+
+def _memory_arg(text: str) -> int:
+    try:
+        return parse_memory_size(text)
+    except ValueError as err:  # argparse prints ArgumentTypeError's own sentence
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _read_run_file(path: Path, reader):
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: --from-run needs a run folder with config.yaml and manifest.json.")
+    data = reader(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a mapping.")
+    return data
+
+
+def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) -> PlanInput:
+    """The exact settings of a run: config.yaml (what was asked) + manifest.json (dtype/device used)."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    config = _read_run_file(run_dir / "config.yaml", yaml.safe_load)
+    manifest = _read_run_file(run_dir / "manifest.json", json.loads)
+    missing = [k for k in ("model", "batch_size", "max_seq_len") if k not in config]
+    if missing:
+        raise ValueError(f"{run_dir / 'config.yaml'} lacks {', '.join(missing)}.")
+    device = "cuda" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"  # ROCm is "cuda" too
+    targets = config.get("lora_target_modules") or DEFAULT_TARGETS
+    return PlanInput(
+        model=str(config["model"]), method=config.get("method", "lora"),
+        dtype=str(manifest.get("dtype", config.get("dtype"))),  # the manifest holds the resolved dtype
+        batch_size=int(config["batch_size"]), seq_len=int(config["max_seq_len"]),
+        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
+        optimizer=config.get("optimizer", "adamw"), lora_r=int(config.get("lora_r", 16)),
+        lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
+        lora_dropout=float(config.get("lora_dropout", 0.05)), device_memory_bytes=device_memory_bytes,
+        device=device, weights_dtype=_trainer_weights_dtype(device))
+
+
+def _trainer_weights_dtype(device: str) -> str | None:
+    """medtune's trainer loads fp32 weights on the CPU (autocasting to `dtype`), `dtype` elsewhere.
+
+    MPS counts as "cpu" here: it shares host memory, so the process baseline applies too.
+    """
+    return "fp32" if device == "cpu" else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `medtune plan` options."""
+    parser.add_argument("--model", help="Hub id, model folder or config.json (required unless --from-run)")
+    parser.add_argument("--method", choices=CHOICES["method"], default="lora")
+    parser.add_argument("--dtype", choices=CHOICES["dtype"], default="bf16")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per example")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--optimizer", choices=CHOICES["optimizer"], default="adamw")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--device-memory", type=_memory_arg, help="e.g. 80GiB, 24GB or bytes")
+    parser.add_argument("--device", choices=CHOICES["device"], default="cpu",
+                        help="runtime overhead, and fp32 weights on cpu as the trainer loads them")
+    parser.add_argument("--from-run", metavar="RUN_DIR", help="a run's exact settings (other options ignored)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the plan for parsed `args`; 0 on success, 2 on a request that cannot be met."""
+    try:
+        if args.from_run:
+            inp = input_from_run(args.from_run, args.device_memory)
+        elif args.model:
+            inp = PlanInput(model=args.model, method=args.method, dtype=args.dtype,
+                            batch_size=args.batch_size, seq_len=args.seq_len,
+                            gradient_checkpointing=args.gradient_checkpointing,
+                            optimizer=args.optimizer, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
+                            device_memory_bytes=args.device_memory, device=args.device,
+                            weights_dtype=_trainer_weights_dtype(args.device))
+        else:
+            raise ValueError("medtune plan needs --model or --from-run.")
+        plan = estimate(inp)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+__all__ = ["PlanInput", "MemoryPlan", "ModelShape", "estimate", "recommend", "format_plan", "human_bytes",
+           "parse_memory_size", "input_from_run", "load_model_config", "model_shape", "add_arguments", "run"]

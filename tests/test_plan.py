@@ -1,0 +1,191 @@
+"""medtune.plan: exact parameter counts on meta, the byte model checked against autograd, the CLI glue."""
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from medtune import plan as planner
+from medtune.plan import PlanInput, estimate, recommend
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+QWEN3_1_7B = SHARED / "models" / "qwen3-1.7b-config"
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# Tiny Qwen3 by hand. Embedding 151936 * 64 = 9,723,904 (tied with the head, counted once).
+# Per layer: q 64*64 + k 64*32 + v 64*32 + o 64*64 = 12,288; q_norm + k_norm 2*16; gate/up/down 3 * 64*128
+# = 24,576; two RMSNorms 2*64: 37,024. Two layers 74,048, final norm 64.
+TINY_BASE_PARAMS = 9_723_904 + 2 * 37_024 + 64
+# LoRA r=16 adds r * (in + out) per projection: q 16*128, k 16*96, v 16*96, o 16*128, gate/up/down 16*192.
+TINY_LORA_PARAMS = 2 * (2048 + 1536 + 1536 + 2048 + 3 * 3072)
+
+
+def _tiny_config(**changes) -> transformers.Qwen3Config:
+    values = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    return transformers.Qwen3Config(**{**values, **changes})
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    _tiny_config().save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+def test_tiny_parameter_counts_are_exact(tiny):
+    plan = estimate(PlanInput(model=tiny, method="lora", lora_r=16))
+    assert plan.trainable_params == TINY_LORA_PARAMS == 32_768
+    assert plan.total_params == TINY_BASE_PARAMS + TINY_LORA_PARAMS == 9_830_784
+    assert plan.trainable_share == pytest.approx(32_768 / 9_830_784)
+
+
+def test_full_fine_tuning_trains_every_base_parameter(tiny):
+    plan = estimate(PlanInput(model=tiny, method="full", dtype="fp32"))
+    assert plan.trainable_params == plan.total_params == TINY_BASE_PARAMS
+
+
+def test_config_json_file_loads_like_its_folder(tiny):
+    from_file = estimate(PlanInput(model=str(Path(tiny) / "config.json")))
+    assert from_file.total_params == estimate(PlanInput(model=tiny)).total_params
+
+
+def test_qlora_weights_below_lora_bf16_below_full_fp32(tiny):
+    qlora = estimate(PlanInput(model=tiny, method="qlora", dtype="bf16")).weights
+    lora = estimate(PlanInput(model=tiny, method="lora", dtype="bf16")).weights
+    full = estimate(PlanInput(model=tiny, method="full", dtype="fp32")).weights
+    assert qlora < lora < full
+    assert lora == 2 * TINY_BASE_PARAMS and full == 4 * TINY_BASE_PARAMS
+
+
+def test_checkpointing_lowers_activations(tiny):
+    setting = PlanInput(model=tiny, batch_size=4, seq_len=512)
+    with_checkpointing = estimate(replace(setting, gradient_checkpointing=True))
+    assert with_checkpointing.activations < estimate(setting).activations
+
+
+def test_tiny_device_memory_does_not_fit_and_gets_recommendations(tiny):
+    plan = estimate(PlanInput(model=tiny, device_memory_bytes=1024**2))
+    assert plan.fits is False
+    assert plan.recommendations
+
+
+def test_recommendations_fit_the_device(tiny):
+    setting = PlanInput(model=tiny, batch_size=8, seq_len=1024, device="cuda")
+    limit = int(0.6 * estimate(setting).total)
+    options = recommend(replace(setting, device_memory_bytes=limit))
+    assert options and all(estimate(option).fits for option in options)
+    assert all(o.batch_size * o.gradient_accumulation_steps == 8 for o in options)
+
+
+def test_qwen3_1_7b_config_from_shared_models():
+    plan = estimate(PlanInput(model=str(QWEN3_1_7B), method="lora", lora_r=16))
+    assert plan.total_params - plan.trainable_params == 1_720_574_976
+    # 28 layers * 16 * (q 4096 + k 3072 + v 3072 + o 4096 + 3 * (2048 + 6144))
+    assert plan.trainable_params == 28 * 16 * (4096 + 3072 + 3072 + 4096 + 3 * 8192) == 17_432_576
+    assert round(100 * plan.trainable_share, 1) == 1.0
+
+
+def test_unloadable_config_source_raises_value_error(tmp_path):
+    with pytest.raises(ValueError, match="no-such-model"):
+        estimate(PlanInput(model=str(tmp_path / "no-such-model")))
+
+
+@pytest.mark.parametrize(("text", "expected"), [("80GiB", 80 * 2**30), ("24GB", 24 * 10**9),
+                                                ("1.5 MiB", 1_572_864), ("1000", 1000)])
+def test_parse_memory_size(text, expected):
+    assert planner.parse_memory_size(text) == expected
+
+
+def _saved_bytes_per_token(model, tokens: tuple[int, int], autocast: bool) -> int:
+    """Bytes of distinct tensors autograd keeps in one forward, per token, weights (and casts of them) excluded.
+
+    With 14 tokens (a factor 7) and power-of-two widths, only activations have a size divisible by the
+    token count, which separates them from autocast's 16-bit weight copies.
+    """
+    n_tokens = tokens[0] * tokens[1]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and (storage.nbytes() // t.element_size()) % n_tokens == 0:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    embeds = torch.randn(*tokens, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.get_decoder()(inputs_embeds=embeds.to(model.dtype))
+    return sum(kept.values()) // n_tokens
+
+
+@pytest.mark.parametrize(("method", "dtype", "weights", "dropout"), [
+    ("lora", "fp32", "fp32", 0.0), ("lora", "fp32", "fp32", 0.05), ("lora", "bf16", "bf16", 0.0),
+    ("lora", "bf16", "bf16", 0.05), ("lora", "bf16", "fp32", 0.05), ("full", "fp32", "fp32", 0.0)])
+def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, dropout):
+    """The per-layer byte model equals what torch's saved-tensor hooks see (one layer = 2 layers - 1)."""
+    from peft import LoraConfig, get_peft_model
+
+    measured = []
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        config = _tiny_config(vocab_size=1000, num_hidden_layers=layers)
+        model = transformers.AutoModelForCausalLM.from_config(config).to(TORCH_DTYPES[weights])
+        if method == "lora":
+            model = get_peft_model(model, LoraConfig(r=16, lora_dropout=dropout, target_modules="all-linear"))
+        model.train()
+        measured.append(_saved_bytes_per_token(model, (2, 7), autocast=dtype != "fp32"))
+    config.save_pretrained(tmp_path)
+    inp = PlanInput(model=str(tmp_path), method=method, dtype=dtype, weights_dtype=weights, lora_dropout=dropout)
+    shape = planner.model_shape(str(tmp_path), 16, planner.DEFAULT_TARGETS if method == "lora" else ())
+    assert planner.layer_saved_bytes_per_token(shape, inp) == measured[1] - measured[0]
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    planner.add_arguments(parser)
+    code = planner.run(parser.parse_args(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_output_has_the_documented_keys(tiny, capsys):
+    code, out, _ = _run_cli(["--model", tiny, "--device-memory", "1MiB", "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0
+    assert {"model", "method", "dtype", "batch_size", "seq_len", "gradient_checkpointing", "optimizer", "params",
+            "breakdown", "total_bytes", "device_memory_bytes", "fits", "recommendations"} <= result.keys()
+    assert result["params"].keys() == {"total", "trainable", "trainable_share"}
+    assert result["breakdown"].keys() == {"weights", "trainable_params", "gradients", "optimizer_state",
+                                          "activations", "logits", "runtime_overhead"}
+    assert result["total_bytes"] == sum(result["breakdown"].values())
+
+
+def test_table_output_names_every_component(tiny, capsys):
+    code, out, _ = _run_cli(["--model", tiny], capsys)
+    assert code == 0
+    assert all(name in out for name in ("weights", "activations", "logits", "runtime_overhead", "total"))
+
+
+def test_from_run_estimates_the_runs_settings(tiny, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(f"model: {tiny}\nlora_r: 8\nlora_target_modules: all-linear\n"
+                                         "batch_size: 2\nmax_seq_len: 128\ndtype: auto\ngradient_checkpointing: true\n")
+    (run_dir / "manifest.json").write_text(json.dumps({"dtype": "bf16", "device": "cuda:0"}))
+    code, out, _ = _run_cli(["--from-run", str(run_dir), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0
+    assert (result["batch_size"], result["seq_len"], result["dtype"], result["device"]) == (2, 128, "bf16", "cuda")
+    assert result["gradient_checkpointing"] is True and result["params"]["trainable"] == TINY_LORA_PARAMS // 2
+
+
+def test_from_run_without_manifest_names_the_file(tiny, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(f"model: {tiny}\nbatch_size: 2\nmax_seq_len: 128\n")
+    code, _, err = _run_cli(["--from-run", str(tmp_path)], capsys)
+    assert code == 2
+    assert "manifest.json" in err
