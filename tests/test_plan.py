@@ -12,6 +12,9 @@ import transformers
 from medtune import plan as planner
 from medtune.plan import PlanInput, estimate, recommend
 
+# PEFT calls a transformers API that warns about its own deprecation; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 QWEN3_1_7B = SHARED / "models" / "qwen3-1.7b-config"
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -94,6 +97,12 @@ def test_unloadable_config_source_raises_value_error(tmp_path):
         estimate(PlanInput(model=str(tmp_path / "no-such-model")))
 
 
+def test_unreachable_hub_id_fails_from_the_cache_alone(monkeypatch):
+    monkeypatch.setattr("medtune.modeling.hub_reachable", lambda: False)
+    with pytest.raises(ValueError, match="medtune-test/no-such-model"):
+        planner.load_model_config("medtune-test/no-such-model")
+
+
 @pytest.mark.parametrize(("text", "expected"), [("80GiB", 80 * 2**30), ("24GB", 24 * 10**9),
                                                 ("1.5 MiB", 1_572_864), ("1000", 1000)])
 def test_parse_memory_size(text, expected):
@@ -101,7 +110,7 @@ def test_parse_memory_size(text, expected):
 
 
 def _saved_bytes_per_token(model, tokens: tuple[int, int], autocast: bool) -> int:
-    """Bytes of distinct tensors autograd keeps in one forward, per token, weights (and casts of them) excluded.
+    """Bytes of distinct tensors autograd keeps in one forward, per token; weights and their casts excluded.
 
     With 14 tokens (a factor 7) and power-of-two widths, only activations have a size divisible by the
     token count, which separates them from autocast's 16-bit weight copies.
@@ -140,7 +149,8 @@ def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, drop
         model.train()
         measured.append(_saved_bytes_per_token(model, (2, 7), autocast=dtype != "fp32"))
     config.save_pretrained(tmp_path)
-    inp = PlanInput(model=str(tmp_path), method=method, dtype=dtype, weights_dtype=weights, lora_dropout=dropout)
+    inp = PlanInput(model=str(tmp_path), method=method, dtype=dtype, weights_dtype=weights,
+                    lora_dropout=dropout)
     shape = planner.model_shape(str(tmp_path), 16, planner.DEFAULT_TARGETS if method == "lora" else ())
     assert planner.layer_saved_bytes_per_token(shape, inp) == measured[1] - measured[0]
 
@@ -157,8 +167,9 @@ def test_json_output_has_the_documented_keys(tiny, capsys):
     code, out, _ = _run_cli(["--model", tiny, "--device-memory", "1MiB", "--json"], capsys)
     result = json.loads(out)
     assert code == 0
-    assert {"model", "method", "dtype", "batch_size", "seq_len", "gradient_checkpointing", "optimizer", "params",
-            "breakdown", "total_bytes", "device_memory_bytes", "fits", "recommendations"} <= result.keys()
+    assert {"model", "method", "dtype", "batch_size", "seq_len", "gradient_checkpointing", "optimizer",
+            "params", "breakdown", "total_bytes", "device_memory_bytes", "fits",
+            "recommendations"} <= result.keys()
     assert result["params"].keys() == {"total", "trainable", "trainable_share"}
     assert result["breakdown"].keys() == {"weights", "trainable_params", "gradients", "optimizer_state",
                                           "activations", "logits", "runtime_overhead"}
@@ -175,12 +186,14 @@ def test_from_run_estimates_the_runs_settings(tiny, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(f"model: {tiny}\nlora_r: 8\nlora_target_modules: all-linear\n"
-                                         "batch_size: 2\nmax_seq_len: 128\ndtype: auto\ngradient_checkpointing: true\n")
+                                         "batch_size: 2\nmax_seq_len: 128\ndtype: auto\n"
+                                         "gradient_checkpointing: true\n")
     (run_dir / "manifest.json").write_text(json.dumps({"dtype": "bf16", "device": "cuda:0"}))
     code, out, _ = _run_cli(["--from-run", str(run_dir), "--json"], capsys)
     result = json.loads(out)
     assert code == 0
-    assert (result["batch_size"], result["seq_len"], result["dtype"], result["device"]) == (2, 128, "bf16", "cuda")
+    settings = (result["batch_size"], result["seq_len"], result["dtype"], result["device"])
+    assert settings == (2, 128, "bf16", "cuda")
     assert result["gradient_checkpointing"] is True and result["params"]["trainable"] == TINY_LORA_PARAMS // 2
 
 

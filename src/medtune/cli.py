@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=160, help="explanation length limit (tokens)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
 
+    plan = commands.add_parser("plan", help="estimate peak training memory and the settings that fit", epilog=EPILOG,
+                               description="Estimate peak training memory (weights, adapters, gradients, optimizer "
+                                           "state, activations, logits, overhead) before running out of it.")
+    from medtune.plan import add_arguments as add_plan_arguments
+
+    add_plan_arguments(plan)
+
     quick = commands.add_parser("quickstart", help="the CPU demo: evaluate, fine-tune, evaluate, answer", epilog=EPILOG,
                                 description="Fine-tune SmolLM2-135M-Instruct on CPU, evaluating before and after on "
                                             "held-out questions, then answer a sample question.")
@@ -178,9 +185,16 @@ def _run_quickstart(args) -> int:
     return 0
 
 
+def _run_plan(args) -> int:
+    from medtune.plan import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "quickstart": _run_quickstart}
+    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan,
+                "quickstart": _run_quickstart}
     from medtune.data import DataError
     from medtune.device import HardwareError
     from medtune.modeling import ModelError

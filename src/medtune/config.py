@@ -45,6 +45,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; off when memory allows
     eval_every: int = 50  # optimizer steps between dev-slice evaluations (0: only at the end)
     save_every: int = 50  # optimizer steps between resumable checkpoints
+    nonfinite_patience: int = 3  # non-finite steps in a row before rolling back and stepping down the dtype
     early_stopping_patience: int = 0  # dev evaluations without improvement before stopping (0: off)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

@@ -1,8 +1,9 @@
-"""Training-memory planner: how many bytes a LoRA/QLoRA/full fine-tune needs, before loading anything.
+"""Training-memory planner (`medtune plan`): the bytes a LoRA/QLoRA/full fine-tune needs, before loading.
 
-Parameter counts are exact: the model is built on the `meta` device (no memory) and wrapped with
-PEFT LoRA there. Activation and overhead figures are models of what autograd keeps; each lives in
-its own small function with its assumptions, so measured peaks can recalibrate one term at a time.
+Parameter counts are exact: the model is built on the `meta` device (no memory) and wrapped with PEFT
+LoRA there. Activations follow medtune's trainer (autocast when `dtype` is 16-bit, fp32 weights on CPU)
+and were counted with torch's saved-tensor hooks; each term is a small function so that measured peaks
+can recalibrate one assumption at a time.
 """
 
 from __future__ import annotations
@@ -23,23 +24,22 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 CHOICES = {"method": ("full", "lora", "qlora"), "dtype": tuple(DTYPE_BYTES),
            "optimizer": ("adamw", "adamw8bit", "sgd"), "device": ("cpu", "cuda")}
-GIB = 1 << 30
-MIB = 1 << 20
-# NF4 stores 2 weights per byte plus one fp32 absmax per 64-weight block (bitsandbytes default,
-# double quantization off as in transformers' BitsAndBytesConfig): 0.5 + 4/64 bytes per weight.
+MIB, GIB = 1 << 20, 1 << 30
+# NF4 packs 2 weights per byte plus one fp32 absmax per 64-weight block (bitsandbytes' default;
+# double quantization off, as in transformers' BitsAndBytesConfig).
 NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
-# Each LoRA adapter is kept in fp32 (PEFT's autocast_adapter_dtype upcasts bf16/fp16 adapters).
+# PEFT keeps LoRA adapters in fp32 (autocast_adapter_dtype upcasts 16-bit ones).
 ADAPTER_BYTES = 4
 # Dropout keeps its mask for backward: float32 with the CPU kernel (measured), bool on CUDA.
 DROPOUT_MASK_BYTES = {"cpu": 4, "cuda": 1}
-# Imports of torch + transformers + peft measure ~475 MiB RSS here; the rest is tokenizer, data
-# and allocator arenas. A baseline to calibrate against measured peak RSS.
+# Importing torch + transformers + peft measured ~475 MiB RSS here; the tokenizer, data and glibc
+# arenas come on top. A first guess, to calibrate against the trainer's peak RSS.
 CPU_BASELINE_BYTES = 768 * MIB
-# CUDA context + cuBLAS workspaces, which torch.cuda.max_memory_allocated() never shows.
+# CUDA context and cuBLAS workspaces, which torch.cuda.max_memory_allocated() never shows.
 CUDA_CONTEXT_BYTES = 1 * GIB
-# The caching allocator holds freed blocks it cannot reuse for other sizes.
+# Share of tensor bytes the caching allocator holds in blocks it cannot reuse.
 CUDA_FRAGMENTATION = 0.10
-# The loss keeps the fp32 log-softmax of the supervised logits, and backward adds its gradient.
+# The loss keeps the fp32 log-softmax of the supervised logits; backward adds its gradient.
 LOGITS_FP32_COPIES = 2
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": MIB, "gib": GIB, "tib": 1 << 40}
@@ -47,28 +47,28 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 @dataclass(frozen=True)
 class PlanInput:
-    """One training setting to estimate. Lengths are tokens; memory is bytes."""
+    """One training setting. Lengths are tokens; memory is bytes."""
 
     model: str  # Hub id, local model folder, or path to a config.json
-    method: str = "lora"  # 'full' | 'lora' | 'qlora'
-    dtype: str = "bf16"  # 'fp32' | 'bf16' | 'fp16': compute dtype; 16-bit means autocast, as the trainer does
+    method: str = "lora"  # full | lora | qlora
+    dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16 (16-bit runs under autocast, as in the trainer)
     weights_dtype: str | None = None  # base weights' storage; None: `dtype` (the trainer uses fp32 on CPU)
     batch_size: int = 4
     seq_len: int = 512
     gradient_checkpointing: bool = False
-    optimizer: str = "adamw"  # 'adamw' | 'adamw8bit' | 'sgd'
+    optimizer: str = "adamw"  # adamw | adamw8bit | sgd
     lora_r: int = 16
     lora_target_modules: tuple[str, ...] = DEFAULT_TARGETS  # or ("all-linear",), PEFT's shorthand
-    lora_dropout: float = 0.05  # medtune's training default; >0 keeps a mask per adapted module
-    supervised_fraction: float = 0.25  # share of positions with a label (logits exist only there)
+    lora_dropout: float = 0.05  # the trainer's default; > 0 keeps a mask per adapted module
+    supervised_fraction: float = 0.25  # share of positions with a label: logits exist only there
     device_memory_bytes: int | None = None
-    device: str = "cpu"  # 'cpu' | 'cuda': which runtime overhead applies
-    gradient_accumulation_steps: int = 1  # no memory effect; keeps the effective batch readable
+    device: str = "cpu"  # cpu | cuda: which runtime overhead and dropout mask apply
+    gradient_accumulation_steps: int = 1  # no memory effect; keeps the effective batch in view
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the estimate needs from an architecture; counts are exact parameter counts."""
+    """What the estimate needs from an architecture; parameter counts are exact."""
 
     num_layers: int
     hidden: int
@@ -76,11 +76,11 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     q_dim: int  # num_heads * head_dim
-    kv_dim: int  # num_key_value_heads * head_dim
+    kv_dim: int  # num_kv_heads * head_dim
     vocab: int
     qk_norm: bool  # Qwen3 normalises q and k per head; Llama does not
-    linear_in: tuple[tuple[str, int], ...]  # per-layer Linear name -> in_features
-    base_params: int
+    linear_in: tuple[tuple[str, int], ...]  # one layer's Linears: (name, in_features)
+    base_params: int  # tied embeddings counted once
     quantizable_params: int  # decoder Linear weights, which bitsandbytes stores in 4 bit
     lora_params: int
 
@@ -90,10 +90,10 @@ class MemoryPlan:
     """Estimated peak training memory, in bytes, by component."""
 
     input: PlanInput
-    total_params: int
+    total_params: int  # base + adapters, as PEFT's print_trainable_parameters counts
     trainable_params: int
     weights: int
-    trainable_params_bytes: int  # parameters beyond `weights` (the adapters); 0 for full
+    trainable_params_bytes: int  # parameters beyond `weights`: the adapters (0 for full)
     gradients: int
     optimizer_state: int
     activations: int
@@ -112,7 +112,7 @@ class MemoryPlan:
 
     @property
     def trainable_share(self) -> float:
-        """Trainable fraction of all parameters (adapters included), 0..1."""
+        """Trainable fraction of all parameters, 0..1."""
         return self.trainable_params / self.total_params
 
     def breakdown(self) -> dict[str, int]:
@@ -137,17 +137,21 @@ def load_model_config(source: str):
     """A transformers config from a Hub id, a model folder or a config.json file; never remote code."""
     from transformers import AutoConfig
 
+    from medtune.modeling import hub_reachable
+
     try:
         if Path(source).is_file():
             return AutoConfig.for_model(**json.loads(Path(source).read_text()))
-        return AutoConfig.from_pretrained(source, trust_remote_code=False)
+        # Offline, a Hub id retries for ~25 s before failing: probe once, then use the cache alone.
+        cache_only = not Path(source).is_dir() and not hub_reachable()
+        return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=cache_only)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"Cannot load a model config from {source!r}: {err}") from err
 
 
 @functools.lru_cache(maxsize=16)
 def model_shape(source: str, lora_r: int, targets: tuple[str, ...]) -> ModelShape:
-    """Build the model on `meta` (no memory) and read its shapes; LoRA counted by PEFT itself."""
+    """Build the model on `meta` (no memory) and read its shapes; `targets=()` means no adapters."""
     from transformers import AutoModelForCausalLM
 
     config = load_model_config(source)
@@ -166,25 +170,22 @@ def model_shape(source: str, lora_r: int, targets: tuple[str, ...]) -> ModelShap
     return ModelShape(
         num_layers=len(layers), hidden=config.hidden_size, intermediate=config.intermediate_size,
         num_heads=heads, num_kv_heads=kv_heads, q_dim=heads * head_dim, kv_dim=kv_heads * head_dim,
-        vocab=config.vocab_size,
-        qk_norm=hasattr(layers[0].self_attn, "q_norm"),
+        vocab=config.vocab_size, qk_norm=hasattr(layers[0].self_attn, "q_norm"),
         linear_in=tuple((n.rsplit(".", 1)[-1], m.in_features) for n, m in layers[0].named_modules()
                         if isinstance(m, torch.nn.Linear)),
-        base_params=sum(p.numel() for p in model.parameters()),  # tied weights counted once
+        base_params=sum(p.numel() for p in model.parameters()),
         quantizable_params=sum(m.weight.numel() for m in linears),
-        lora_params=_count_lora_params(model, source, lora_r, targets))
+        lora_params=_count_lora_params(model, source, lora_r, targets) if targets else 0)
 
 
 def _count_lora_params(model, source: str, lora_r: int, targets: tuple[str, ...]) -> int:
-    """Exact adapter parameter count, r * (in + out) per adapted Linear, as PEFT creates them."""
+    """Adapter parameters exactly as PEFT creates them: r * (in + out) per adapted Linear."""
     from peft import LoraConfig, get_peft_model
 
-    if not targets:  # full fine-tuning: no adapters
-        return 0
+    peft_targets = "all-linear" if targets == ("all-linear",) else list(targets)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # PEFT pokes a deprecated transformers API
-            peft_targets = "all-linear" if targets == ("all-linear",) else list(targets)
+            warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a deprecated transformers API
             peft_model = get_peft_model(model, LoraConfig(r=lora_r, target_modules=peft_targets))
     except ValueError as err:
         raise ValueError(f"LoRA targets {list(targets)} do not fit {source!r}: {err}") from err
@@ -205,9 +206,9 @@ def _weight_bytes(shape: ModelShape, inp: PlanInput) -> int:
 
 
 def _trainable_dtype_bytes(inp: PlanInput) -> int:
-    """Bytes per trainable parameter, and per gradient and AdamW state (torch allocates them alike).
+    """Bytes per trainable parameter, gradient and AdamW state (torch allocates them alike).
 
-    Full fine-tuning (not what medtune's trainer does) assumes no fp32 master copy.
+    Full fine-tuning (which medtune's trainer does not do) assumes no fp32 master copy.
     """
     return DTYPE_BYTES[_weights_dtype(inp)] if inp.method == "full" else ADAPTER_BYTES
 
@@ -217,12 +218,6 @@ def _optimizer_state_bytes(trainable: int, inp: PlanInput) -> int:
     if inp.optimizer == "adamw":
         return 2 * trainable * _trainable_dtype_bytes(inp)
     return 2 * trainable if inp.optimizer == "adamw8bit" else 0
-
-
-def _adapted_linears(shape: ModelShape, inp: PlanInput) -> list[tuple[str, int]]:
-    """(name, in_features) of one layer's Linears that get an adapter."""
-    every = inp.lora_target_modules == ("all-linear",)
-    return [(name, n_in) for name, n_in in shape.linear_in if every or name in inp.lora_target_modules]
 
 
 def _shared_linear_inputs(shape: ModelShape, names: set[str]) -> int:
@@ -237,13 +232,13 @@ def _shared_linear_inputs(shape: ModelShape, names: set[str]) -> int:
 def _lora_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
     """What one layer's adapters keep for backward, per token.
 
-    PEFT runs each adapter on an fp32 copy of its input; autocast then saves a 16-bit copy per
-    module for lora_A's weight gradient, and dropout makes a new tensor per module plus its mask.
-    In plain fp32 without dropout, lora_A keeps the very tensor the layer already produced.
-    lora_A's output [r] is kept for lora_B's gradient.
+    PEFT runs each adapter on an fp32 copy of its input; under autocast lora_A then keeps a 16-bit
+    copy per module, and dropout makes a new tensor per module plus its mask. In plain fp32 without
+    dropout, lora_A keeps the very tensor the base layer received. lora_A's output [r] is kept too.
     """
     a = DTYPE_BYTES[inp.dtype]
-    adapted = _adapted_linears(shape, inp)
+    every = inp.lora_target_modules == ("all-linear",)
+    adapted = [(name, n) for name, n in shape.linear_in if every or name in inp.lora_target_modules]
     n_in = sum(n for _, n in adapted)
     total = len(adapted) * inp.lora_r * a
     if inp.lora_dropout > 0:
@@ -254,29 +249,27 @@ def _lora_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
 
 
 def layer_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
-    """Bytes one llama-style decoder layer keeps for backward, per token.
+    """Bytes one llama-style decoder layer keeps for backward, per token (tests check it against autograd).
 
-    Counted from torch's saved-tensor hooks on a tiny Qwen3 (tests check it). SDPA keeps q, k, v,
-    its output and a logsumexp per head, never the [seq, seq] score matrix.
+    SDPA keeps q, k, v, its output and a logsumexp per head, never the [seq, seq] score matrix.
     """
     a = DTYPE_BYTES[inp.dtype]
     h, q, kv, inter = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
     norms = 2 * (4 * h + 4)  # RMSNorm keeps an fp32 copy of its input and 1/rms per token
     qk_norms = 4 * (q + kv) + 4 * (shape.num_heads + shape.num_kv_heads) if shape.qk_norm else 0
     attention = a * (2 * q + 2 * kv) + 4 * shape.num_heads
-    mlp = 3 * a * inter  # gate, up and silu(gate): inputs of the elementwise ops
+    mlp = 3 * a * inter  # gate, up and silu(gate): the elementwise ops' inputs
     total = norms + qk_norms + attention + mlp
-    if inp.method == "full":  # weight gradients need every Linear's and norm's input too
+    if inp.method == "full":  # weight gradients need every Linear's and norm's input as well
         norm_inputs = 2 * h + (q + kv if shape.qk_norm else 0)
-        linear_inputs = _shared_linear_inputs(shape, {name for name, _ in shape.linear_in})
-        return total + a * (norm_inputs + linear_inputs)
+        return total + a * (norm_inputs + _shared_linear_inputs(shape, {n for n, _ in shape.linear_in}))
     return total + _lora_saved_bytes_per_token(shape, inp)
 
 
 def _autocast_weight_copies(shape: ModelShape, inp: PlanInput) -> int:
-    """16-bit copies of weights that autocast casts and autograd keeps, for all layers.
+    """16-bit copies of weights that autocast makes and autograd keeps, all layers together.
 
-    Adapters (fp32) are always cast; fp32 base weights (the trainer's CPU setting) are too.
+    The fp32 adapters are always cast; fp32 base weights (the trainer's CPU setting) are too.
     """
     if inp.dtype == "fp32":
         return 0
@@ -287,10 +280,10 @@ def _autocast_weight_copies(shape: ModelShape, inp: PlanInput) -> int:
 
 
 def _activation_bytes(shape: ModelShape, inp: PlanInput) -> int:
-    """Tensors kept for backward: all layers, the final norm's fp32 copy, autocast weight copies.
+    """Tensors kept for backward: every layer's, the final norm's fp32 copy, autocast weight copies.
 
-    With checkpointing only each layer's input [batch, seq, hidden] is kept, and one layer at a
-    time is recomputed in full during backward.
+    With checkpointing only each layer's input [batch, seq, hidden] (in the weights' dtype, like the
+    residual stream) is kept, and one layer at a time is recomputed in full during backward.
     """
     tokens = inp.batch_size * inp.seq_len
     per_layer = tokens * layer_saved_bytes_per_token(shape, inp)
@@ -304,7 +297,7 @@ def _activation_bytes(shape: ModelShape, inp: PlanInput) -> int:
 
 
 def _logits_bytes(shape: ModelShape, inp: PlanInput) -> int:
-    """fp32 log-softmax over the vocabulary, only at supervised positions, plus its gradient."""
+    """fp32 log-softmax over the vocabulary at supervised positions only, plus its gradient."""
     supervised = math.ceil(inp.batch_size * inp.seq_len * inp.supervised_fraction)
     return LOGITS_FP32_COPIES * supervised * shape.vocab * 4
 
@@ -317,7 +310,7 @@ def _runtime_overhead_bytes(tensor_bytes: int, device: str) -> int:
 
 
 def _plan(inp: PlanInput) -> MemoryPlan:
-    """The estimate without recommendations (so the recommendation search can call it)."""
+    """The estimate without recommendations (the recommendation search calls this)."""
     for field, allowed in CHOICES.items():
         if getattr(inp, field) not in allowed:
             raise ValueError(f"{field} must be one of {allowed}, not {getattr(inp, field)!r}.")
@@ -337,13 +330,11 @@ def _plan(inp: PlanInput) -> MemoryPlan:
 def estimate(inp: PlanInput) -> MemoryPlan:
     """Peak training memory for `inp`, with advice when it does not fit `device_memory_bytes`."""
     plan = _plan(inp)
-    if plan.fits is False:
-        plan = replace(plan, recommendations=tuple(_advice(plan)))
-    return plan
+    return replace(plan, recommendations=tuple(_advice(inp))) if plan.fits is False else plan
 
 
 def _candidates(inp: PlanInput, method: str):
-    """Settings in order of least change: checkpointing, then halve the batch, keeping the effective batch."""
+    """Least change first: as is, then checkpointing with the batch halved to 1 (same effective batch)."""
     effective = inp.batch_size * inp.gradient_accumulation_steps
     yield replace(inp, method=method)
     batch = inp.batch_size
@@ -357,35 +348,29 @@ def recommend(inp: PlanInput) -> list[PlanInput]:
     """For each method from `inp.method` down to QLoRA, the least-changed setting that fits."""
     if inp.device_memory_bytes is None:
         raise ValueError("recommend needs device_memory_bytes to know what fits.")
-    methods = ("full", "lora", "qlora")[("full", "lora", "qlora").index(inp.method):]
-    found = []
-    for method in methods:
-        fitting = (c for c in _candidates(inp, method) if _plan(c).fits)
-        found.extend(c for c in [next(fitting, None)] if c is not None)
-    return found
+    methods = CHOICES["method"][CHOICES["method"].index(inp.method):]
+    found = (next((c for c in _candidates(inp, m) if _plan(c).fits), None) for m in methods)
+    return [c for c in found if c is not None]
 
 
-def _advice(plan: MemoryPlan) -> list[str]:
-    inp = plan.input
+def _advice(inp: PlanInput) -> list[str]:
     limit = human_bytes(inp.device_memory_bytes)
     advice = [f"{_describe_change(inp, c)}: {human_bytes(_plan(c).total)} of {limit}."
               for c in recommend(inp)]
     if not advice:
-        smallest = list(_candidates(inp, "qlora"))[-1]
+        smallest = _plan(list(_candidates(inp, "qlora"))[-1]).total
         advice.append(f"Nothing tried fits {limit}: even QLoRA with checkpointing and batch 1 needs "
-                      f"{human_bytes(_plan(smallest).total)}; shorten --seq-len or use a larger device.")
+                      f"{human_bytes(smallest)}; shorten --seq-len or use a larger device.")
     return advice
 
 
 def _describe_change(old: PlanInput, new: PlanInput) -> str:
-    changes = []
-    if new.method != old.method:
-        changes.append(f"use --method {new.method}")
+    changes = [f"use --method {new.method}"] if new.method != old.method else []
     if new.gradient_checkpointing and not old.gradient_checkpointing:
         changes.append("enable --gradient-checkpointing")
     if new.batch_size != old.batch_size:
         changes.append(f"use --batch-size {new.batch_size} with {new.gradient_accumulation_steps} "
-                       f"gradient accumulation steps (same effective batch)")
+                       "gradient accumulation steps (same effective batch)")
     text = "; ".join(changes) or "keep these settings"
     return text[0].upper() + text[1:]
 
@@ -396,7 +381,7 @@ def human_bytes(n: int) -> str:
 
 
 def format_plan(plan: MemoryPlan) -> str:
-    """A readable table of the plan."""
+    """The plan as a readable table."""
     inp = plan.input
     lines = [f"Memory plan for {inp.model}",
              f"  {inp.method}, {inp.dtype} compute, {_weights_dtype(inp)} weights, batch {inp.batch_size} x "
@@ -409,8 +394,7 @@ def format_plan(plan: MemoryPlan) -> str:
     if plan.fits is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"  {'device memory':<18}{human_bytes(inp.device_memory_bytes):>12}  -> {verdict}")
-    lines += [f"  - {text}" for text in plan.recommendations]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  - {text}" for text in plan.recommendations])
 
 
 def parse_memory_size(text: str) -> int:
@@ -425,13 +409,19 @@ def parse_memory_size(text: str) -> int:
 def _memory_arg(text: str) -> int:
     try:
         return parse_memory_size(text)
-    except ValueError as err:  # argparse prints ArgumentTypeError's own sentence
+    except ValueError as err:  # argparse prints an ArgumentTypeError's own sentence
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def _read_run_file(path: Path, reader):
+def _trainer_weights_dtype(device: str) -> str | None:
+    """The trainer loads fp32 weights on CPU (autocasting to `dtype`) and `dtype` weights elsewhere."""
+    return "fp32" if device == "cpu" else None
+
+
+def _read_run_file(path: Path, reader) -> dict:
     if not path.is_file():
-        raise ValueError(f"{path} is missing: --from-run needs a run folder with config.yaml and manifest.json.")
+        raise ValueError(f"{path} is missing: --from-run needs a run folder with config.yaml and "
+                         "manifest.json.")
     data = reader(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a mapping.")
@@ -439,34 +429,26 @@ def _read_run_file(path: Path, reader):
 
 
 def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) -> PlanInput:
-    """The exact settings of a run: config.yaml (what was asked) + manifest.json (dtype/device used)."""
+    """A run's exact settings: config.yaml (what was asked) and manifest.json (the dtype and device used)."""
     import yaml
 
-    run_dir = Path(run_dir)
-    config = _read_run_file(run_dir / "config.yaml", yaml.safe_load)
-    manifest = _read_run_file(run_dir / "manifest.json", json.loads)
+    config = _read_run_file(Path(run_dir) / "config.yaml", yaml.safe_load)
+    manifest = _read_run_file(Path(run_dir) / "manifest.json", json.loads)
     missing = [k for k in ("model", "batch_size", "max_seq_len") if k not in config]
     if missing:
-        raise ValueError(f"{run_dir / 'config.yaml'} lacks {', '.join(missing)}.")
-    device = "cuda" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"  # ROCm is "cuda" too
+        raise ValueError(f"{Path(run_dir) / 'config.yaml'} lacks {', '.join(missing)}.")
+    # ROCm reports "cuda" too; MPS shares host memory, so the CPU baseline applies there.
+    device = "cuda" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"
     targets = config.get("lora_target_modules") or DEFAULT_TARGETS
     return PlanInput(
         model=str(config["model"]), method=config.get("method", "lora"),
-        dtype=str(manifest.get("dtype", config.get("dtype"))),  # the manifest holds the resolved dtype
+        dtype=str(manifest.get("dtype", config.get("dtype"))),  # config may say "auto"; manifest resolves
         batch_size=int(config["batch_size"]), seq_len=int(config["max_seq_len"]),
         gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
         optimizer=config.get("optimizer", "adamw"), lora_r=int(config.get("lora_r", 16)),
         lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
         lora_dropout=float(config.get("lora_dropout", 0.05)), device_memory_bytes=device_memory_bytes,
         device=device, weights_dtype=_trainer_weights_dtype(device))
-
-
-def _trainer_weights_dtype(device: str) -> str | None:
-    """medtune's trainer loads fp32 weights on the CPU (autocasting to `dtype`), `dtype` elsewhere.
-
-    MPS counts as "cpu" here: it shares host memory, so the process baseline applies too.
-    """
-    return "fp32" if device == "cpu" else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -482,13 +464,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--device-memory", type=_memory_arg, help="e.g. 80GiB, 24GB or bytes")
     parser.add_argument("--device", choices=CHOICES["device"], default="cpu",
-                        help="runtime overhead, and fp32 weights on cpu as the trainer loads them")
-    parser.add_argument("--from-run", metavar="RUN_DIR", help="a run's exact settings (other options ignored)")
+                        help="runtime overhead; on cpu the trainer keeps fp32 weights")
+    parser.add_argument("--from-run", metavar="RUN_DIR",
+                        help="estimate a run's exact settings (other options ignored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the plan for parsed `args`; 0 on success, 2 on a request that cannot be met."""
+    """Print the plan for parsed `args`; 0 on success, 2 with a sentence on stderr when it cannot."""
     try:
         if args.from_run:
             inp = input_from_run(args.from_run, args.device_memory)
@@ -507,7 +490,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0
-
-
-__all__ = ["PlanInput", "MemoryPlan", "ModelShape", "estimate", "recommend", "format_plan", "human_bytes",
-           "parse_memory_size", "input_from_run", "load_model_config", "model_shape", "add_arguments", "run"]

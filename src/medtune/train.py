@@ -7,6 +7,7 @@ checkpoints -- is here so it can be read.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -26,8 +27,8 @@ from tqdm.auto import tqdm
 from medtune import __version__
 from medtune.config import TrainConfig
 from medtune.data import LETTERS, MCQExample, load_examples, split_dev
-from medtune.device import backend, select_device, select_dtype
-from medtune.evaluate import choice_logprobs
+from medtune.device import DTYPES, backend, select_device, select_dtype
+from medtune.evaluate import choice_logprobs, model_device
 from medtune.modeling import add_lora, count_parameters, load_base
 from medtune.prompts import template_for
 from medtune.rundir import RunDir, append_jsonl, write_json
@@ -171,14 +172,50 @@ def _versions() -> dict:
             "accelerate": accelerate.__version__, "datasets": datasets.__version__}
 
 
+class _Precision:
+    """The compute dtype of the forward pass, with fp16 loss scaling; can step down to a safer dtype."""
+
+    def __init__(self, dtype: str, device_type: str):
+        self.dtype, self.device_type = dtype, device_type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=dtype == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32")
+
+    def step_down(self, model, to: str) -> None:
+        """Continue in `to`: frozen base weights follow (LoRA weights are fp32 throughout)."""
+        for parameter in model.parameters():
+            if not parameter.requires_grad and parameter.is_floating_point() and self.device_type != "cpu":
+                parameter.data = parameter.data.to(DTYPES[to])
+        self.__init__(to, self.device_type)
+
+
+def _snapshot(model, optimizer, step: int, best: dict) -> dict:
+    """In-memory copy of everything a rollback restores: the last good checkpoint's state."""
+    from peft import get_peft_model_state_dict
+
+    return {"adapter": {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "rng": torch.get_rng_state(), "step": step,
+            "best": dict(best)}
+
+
+def _restore(snapshot: dict, model, optimizer) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, snapshot["adapter"])
+    optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+    torch.set_rng_state(snapshot["rng"])
+
+
 def train(config: TrainConfig, progress: bool = True) -> RunDir:
     """Fine-tune a LoRA adapter as `config` says; returns the finished run directory."""
     from accelerate import Accelerator
 
     device = select_device(config.device)
     dtype = select_dtype(config.dtype, device.value)
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[dtype.value]
-    accelerator = Accelerator(cpu=device.value == "cpu", mixed_precision=mixed)
+    # accelerate brings device placement and DDP; autocast and loss scaling are ours (_Precision), so the
+    # NaN guard can step down to a safer dtype in the middle of a run.
+    accelerator = Accelerator(cpu=device.value == "cpu")
     main = accelerator.is_main_process
     run = RunDir(config.output)
 
@@ -205,30 +242,34 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    loss_module, optimizer = accelerator.prepare(AnswerLoss(model), optimizer)
+    loss_module = accelerator.prepare(AnswerLoss(model))
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     steps_per_epoch = math.ceil(len(data.encoded) / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup = max(1, round(config.warmup_ratio * total_steps))
     pad = pad_token_id(tokenizer)
+    precision = _Precision(dtype.value, accelerator.device.type)
 
-    start, best = 0, {"dev_accuracy": -1.0, "step": 0, "evals_without_improvement": 0}
+    step, best = 0, {"dev_accuracy": -1.0, "step": 0, "evals_without_improvement": 0}
     checkpoint = run.latest_checkpoint() if config.resume else None
     if checkpoint:
         saved = _load_checkpoint(checkpoint, model, optimizer)
-        start, best = saved["step"], saved["best"]
-        log(f"resuming from {checkpoint} (step {start} of {total_steps})")
+        step, best = saved["step"], saved["best"]
+        log(f"resuming from {checkpoint} (step {step} of {total_steps})")
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
         config.save(run.config)
         template.save(run.prompt)
-        _truncate_metrics(run.metrics, after_step=start)
+        _truncate_metrics(run.metrics, after_step=step)
 
-    started, tokens_seen, skipped_steps = time.perf_counter(), 0, 0
-    bar = tqdm(total=total_steps, initial=start, desc="training", unit="step", disable=not (progress and main))
+    good = _snapshot(model, optimizer, step, best)  # where a run of non-finite steps rolls back to
+    started, tokens_seen, bad_in_a_row = time.perf_counter(), 0, 0
+    guard = {"skipped_steps": 0, "rollbacks": []}
+    record: dict = {}
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and main))
     model.train()
-    for step in range(start, total_steps):
+    while step < total_steps:
         rows = step_batch(step, len(data.encoded), global_batch, config.seed)
         mine = sorted(rows[accelerator.process_index :: world], key=lambda i: len(data.encoded[i].input_ids))
         micro = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
@@ -239,43 +280,60 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         lr = learning_rate(step, total_steps, config.learning_rate, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=accelerator.device)
         for index, chunk in enumerate(micro):
             batch = {k: v.to(accelerator.device) for k, v in collate([data.encoded[i] for i in chunk], pad).items()}
             sync = accelerator.no_sync(loss_module) if index < len(micro) - 1 else nullcontext()
-            with sync, accelerator.autocast():
-                loss_sum, _ = loss_module(**batch)
-                accelerator.backward(loss_sum * world / n_tokens)
-            step_loss += loss_sum.item()
+            with sync:
+                with precision.autocast():
+                    loss_sum, _ = loss_module(**batch)
+                precision.scaler.scale(loss_sum * world / n_tokens).backward()
+            step_loss += loss_sum.detach().float()
             tokens_seen += int(batch["attention_mask"].sum())
-        if not math.isfinite(step_loss):  # a non-finite loss never reaches the weights
+        loss = accelerator.reduce(step_loss, reduction="sum").item() / n_tokens
+        precision.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        finite = math.isfinite(loss) and (precision.dtype == "fp16" or bool(torch.isfinite(grad_norm)))
+        finite = accelerator.reduce(torch.tensor(float(finite), device=accelerator.device), "min").item() > 0
+        if not finite:  # a non-finite loss or gradient never reaches the weights
             optimizer.zero_grad(set_to_none=True)
-            skipped_steps += 1
-            log(f"step {step + 1}: non-finite loss, update skipped ({skipped_steps} so far)")
+            precision.scaler.update()
+            guard["skipped_steps"] += 1
+            bad_in_a_row += 1
+            log(f"step {step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} in "
+                f"{precision.dtype}, update skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= config.nonfinite_patience:
+                step, best = _fall_back(precision, model, optimizer, good, step, guard, log)
+                bad_in_a_row = 0
+                bar.n = step
+            else:
+                step += 1
             continue
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
+        bad_in_a_row = 0
+        precision.scaler.step(optimizer)  # a plain optimizer.step() unless fp16 loss scaling is on
+        precision.scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-        loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item() / n_tokens
+        step += 1
         rate = tokens_seen * world / (time.perf_counter() - started)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
-        record = {"step": step + 1, "loss": round(loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                  "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens}
-        last = step + 1 == total_steps
-        if config.eval_every and ((step + 1) % config.eval_every == 0 or last):
+        record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                  "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens, "dtype": precision.dtype}
+        last = step == total_steps
+        if config.eval_every and (step % config.eval_every == 0 or last):
             record["dev_accuracy"] = _dev_accuracy(model, tokenizer, template, data.dev)
-            _track_best(best, record["dev_accuracy"], step + 1)
+            _track_best(best, record["dev_accuracy"], step)
         if main:
             append_jsonl(run.metrics, record)
         stop = config.early_stopping_patience and best["evals_without_improvement"] >= config.early_stopping_patience
-        if config.save_every and ((step + 1) % config.save_every == 0) and not last and not stop:
+        if config.save_every and step % config.save_every == 0 and not last and not stop:
             accelerator.wait_for_everyone()
             if main:
-                _save_checkpoint(run, step + 1, model, optimizer, best)
+                _save_checkpoint(run, step, model, optimizer, best)
+            good = _snapshot(model, optimizer, step, best)
         if stop:
-            log(f"early stopping at step {step + 1}: dev accuracy has not improved for "
+            log(f"early stopping at step {step}: dev accuracy has not improved for "
                 f"{config.early_stopping_patience} evaluations (best {best['dev_accuracy']:.3f} at step {best['step']})")
             break
     bar.close()
@@ -286,18 +344,48 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
             "device": device.value, "device_reason": device.reason, "backend": backend(),
-            "dtype": dtype.value, "dtype_reason": dtype.reason, "processes": world,
+            "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
+            "processes": world,
             "base_model": info.to_dict(),
             "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
-            "data": data.reports,
+            "data": {name: _data_summary(report) for name, report in data.reports.items() if isinstance(report, dict)}
+            | {"train_rows": data.reports["train_rows"], "dev_rows": data.reports["dev_rows"]},
             "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
-            "training": {"steps": total_steps, "skipped_nonfinite_steps": skipped_steps,
-                         "seconds": round(time.perf_counter() - started, 1), "tokens_seen": tokens_seen * world,
-                         "best_dev": best},
+            "training": {"steps": step, "planned_steps": total_steps, "nonfinite_guard": guard,
+                         "seconds": round(time.perf_counter() - started, 1), "tokens_seen": tokens_seen * world},
         }
         write_json(run.manifest, manifest)
+        write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
         log(f"adapter saved: {run.adapter}")
     return run
+
+
+def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, guard: dict, log):
+    """After `nonfinite_patience` bad steps in a row: back to the last good state, on in a safer dtype."""
+    safer = next_safer_dtype(precision.dtype, model_device(model).type)
+    if safer is None:
+        raise FloatingPointError(
+            f"training produced non-finite values {guard['skipped_steps']} times and is already in fp32: "
+            "lower the learning rate or check the data"
+        )
+    _restore(good, model, optimizer)
+    guard["rollbacks"].append({"at_step": step + 1, "back_to_step": good["step"], "from": precision.dtype,
+                               "to": safer})
+    log(f"non-finite values persist in {precision.dtype}: rolled back to step {good['step']}, continuing in {safer}")
+    precision.step_down(model, safer)
+    return good["step"], dict(good["best"])
+
+
+def next_safer_dtype(dtype: str, device_type: str) -> str | None:  # TODO(device.py): move there
+    if dtype == "bf16" and device_type == "cuda":
+        return "fp16"
+    return "fp32" if dtype in ("bf16", "fp16") else None
+
+
+def _data_summary(report: dict) -> dict:
+    """What the manifest keeps of a data report: where it came from, its hash and its counts."""
+    keys = ("source", "sha256", "rows_read", "rows_loaded", "skipped", "answer_base")
+    return {key: report[key] for key in keys if key in report}
 
 
 def _track_best(best: dict, accuracy: float, step: int) -> None:

