@@ -31,3 +31,12 @@ def test_smollm2_train_eval_ask(smollm2, tmp_path, capsys):
                              ["Vitamin A", "Vitamin C", "Vitamin D", "Vitamin K"], max_new_tokens=24)
     assert answer.answer in "ABCD" and abs(sum(answer.probs.values()) - 1) < 1e-5
     assert answer.explanation  # the real model writes words after "Explanation:"
+
+
+def test_gguf_file_loads_to_the_same_weights_as_the_cached_folder(smollm2):
+    from medtune.modeling import load_base, smollm2_gguf
+
+    _, tokenizer, from_gguf = load_base(str(smollm2_gguf()))
+    _, _, from_folder = load_base(str(smollm2))
+    assert from_gguf.kind == "gguf" and from_gguf.fingerprint == from_folder.fingerprint
+    assert tokenizer.encode(" A", add_special_tokens=False) == [330]
