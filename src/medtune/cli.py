@@ -134,9 +134,11 @@ def _run_eval(args) -> int:
     if args.generative:
         from medtune.evaluate import evaluate_generative
 
-        generative, _ = evaluate_generative(answerer.model, answerer.tokenizer, answerer.template, examples,
-                                            args.max_new_tokens)
+        generative, generations = evaluate_generative(answerer.model, answerer.tokenizer, answerer.template,
+                                                      examples, args.max_new_tokens)
         metrics["generative"] = generative
+        with open(Path(args.output) / "generations.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(g) + "\n" for g in generations)
     _write_metrics(Path(args.output), metrics)
     return 0
 
