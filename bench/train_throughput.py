@@ -47,11 +47,10 @@ def _seed_text(example) -> str:
 def run_seed(args) -> dict:
     import datasets
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
-
     from common import answer_token_loss, non_embedding_parameters, peak_rss_bytes
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
     from medtune.prompts import PromptTemplate
 
     torch.manual_seed(42)
@@ -73,7 +72,8 @@ def run_seed(args) -> dict:
         settings = TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=4, gradient_accumulation_steps=4,
             gradient_checkpointing=True, optim="adamw_torch", learning_rate=2e-4, lr_scheduler_type="cosine",
-            warmup_steps=0.05, num_train_epochs=args.epochs,  # a float below 1 is a ratio in transformers 5 logging_steps=1, save_strategy="no", report_to=[],
+            warmup_steps=0.05,  # a float below 1 is a ratio in transformers 5 (warmup_ratio was removed)
+            num_train_epochs=args.epochs, logging_steps=1, save_strategy="no", report_to=[],
             bf16=args.dtype == "bf16", use_cpu=True, seed=42, disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=settings, train_dataset=rows,
@@ -89,8 +89,8 @@ def run_seed(args) -> dict:
 
 def run_medtune(args) -> dict:
     import torch
-
     from common import answer_token_loss, non_embedding_parameters, peak_rss_bytes
+
     from medtune.answer import Answerer
     from medtune.config import TrainConfig
     from medtune.train import train as medtune_train
@@ -156,7 +156,6 @@ def main() -> None:
         write_result(args.out, run_seed(args) if args.worker == "seed" else run_medtune(args))
         return
     import torch
-
     from common import peak_matmul_flops
 
     results = []

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from conftest import MEDMCQA, original_row, write_jsonl
 
+from conftest import MEDMCQA, original_row, write_jsonl
 from medtune.data import DataError, MCQExample, example_from_input, load_examples, split_dev
 
 

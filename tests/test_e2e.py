@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import original_row, write_jsonl
 from safetensors.torch import load_file
 
+from conftest import original_row, write_jsonl
 from medtune.answer import Answerer
 from medtune.cli import main
 from medtune.data import load_examples

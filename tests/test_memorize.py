@@ -3,7 +3,6 @@
 import json
 
 from conftest import MEDMCQA, write_jsonl
-
 from medtune.answer import Answerer
 from medtune.config import TrainConfig
 from medtune.data import load_examples

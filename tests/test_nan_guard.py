@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import original_row, write_jsonl
 from safetensors.torch import load_file
 
+from conftest import original_row, write_jsonl
 from medtune.config import TrainConfig
 from medtune.train import AnswerLoss, train
 

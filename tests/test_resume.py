@@ -7,8 +7,9 @@ import sys
 import time
 
 import torch
-from conftest import original_row, write_jsonl
 from safetensors.torch import load_file
+
+from conftest import original_row, write_jsonl
 
 
 def _command(model, data, output, *extra):

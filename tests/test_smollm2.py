@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import MEDMCQA
 
+from conftest import MEDMCQA
 from medtune.answer import Answerer
 from medtune.cli import main
 

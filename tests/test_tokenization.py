@@ -6,7 +6,14 @@ import torch
 from medtune.data import MCQExample
 from medtune.prompts import PromptTemplate, template_for
 from medtune.tokenization import (
-    IGNORE, Encoded, PromptError, collate, collate_prompts, encode_example, encode_prompt, letter_token_ids,
+    IGNORE,
+    Encoded,
+    PromptError,
+    collate,
+    collate_prompts,
+    encode_example,
+    encode_prompt,
+    letter_token_ids,
 )
 
 EXAMPLE = MCQExample("x", "Which nerve supplies the deltoid?", ("Radial", "Axillary", "Ulnar", "Median"), 1,

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter", epilog=EPILOG,
-                                description="Fine-tune a LoRA adapter on multiple-choice questions. Settings resolve as "
-                                            "command line > --config YAML > defaults (the Qwen3-1.7B recipe).")
+                                description="Fine-tune a LoRA adapter on multiple-choice questions. Settings "
+                                            "resolve as command line > --config YAML > defaults (the Qwen3-1.7B "
+                                            "recipe).")
     train.add_argument("--model", help="base model: Hub id, local folder or .gguf file (default Qwen/Qwen3-1.7B)")
     train.add_argument("--data", help="training data: Hub dataset id or a local .jsonl/.json/.parquet/.csv file")
     train.add_argument("--eval-data", help="held-out data; rows found here are kept out of the dev slice")

@@ -131,7 +131,8 @@ def resolve(source: str) -> tuple[str, str, str]:
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise ModelError(f"model {source!r}: no such local folder or file")
     if source == SMOLLM2_ID and not hub_reachable() and not _in_hub_cache(source):
-        return "folder", str(smollm2_from_wheel()), f"{SMOLLM2_WHEEL[0]} (Q4_1 GGUF, de-quantized): the Hub was not reachable"
+        note = f"{SMOLLM2_WHEEL[0]} (Q4_1 GGUF, de-quantized): the Hub was not reachable"
+        return "folder", str(smollm2_from_wheel()), note
     return "hub", source, ""
 
 

@@ -333,8 +333,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
                 _save_checkpoint(run, step, model, optimizer, best)
             good = _snapshot(model, optimizer, step, best)
         if stop:
-            log(f"early stopping at step {step}: dev accuracy has not improved for "
-                f"{config.early_stopping_patience} evaluations (best {best['dev_accuracy']:.3f} at step {best['step']})")
+            log(f"early stopping at step {step}: dev accuracy has not improved for {config.early_stopping_patience} "
+                f"evaluations (best {best['dev_accuracy']:.3f} at step {best['step']})")
             break
     bar.close()
     accelerator.wait_for_everyone()
