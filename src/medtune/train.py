@@ -1,8 +1,8 @@
 """train(config) -> run directory: LoRA fine-tuning with the loss on the answer and explanation only.
 
-One loop, read top to bottom. accelerate brings device placement, mixed precision (autocast, fp16 loss
-scaling) and multi-process data parallelism; everything else -- batching, masking, the schedule,
-checkpoints -- is here so it can be read.
+One loop, read top to bottom. accelerate brings device placement and multi-process data parallelism
+(`accelerate launch` / `torchrun`); everything else -- batching, masking, the schedule, autocast and fp16
+loss scaling, the non-finite guard, checkpoints -- is here so it can be read.
 """
 
 from __future__ import annotations
@@ -176,8 +176,12 @@ class _Precision:
     """The compute dtype of the forward pass, with fp16 loss scaling; can step down to a safer dtype."""
 
     def __init__(self, dtype: str, device_type: str):
-        self.dtype, self.device_type = dtype, device_type
-        self.scaler = torch.amp.GradScaler(device_type, enabled=dtype == "fp16")
+        self.device_type = device_type
+        self._use(dtype)
+
+    def _use(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=dtype == "fp16")
 
     def autocast(self):
         return torch.autocast(self.device_type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32")
@@ -187,7 +191,7 @@ class _Precision:
         for parameter in model.parameters():
             if not parameter.requires_grad and parameter.is_floating_point() and self.device_type != "cpu":
                 parameter.data = parameter.data.to(DTYPES[to])
-        self.__init__(to, self.device_type)
+        self._use(to)
 
 
 def _snapshot(model, optimizer, step: int, best: dict) -> dict:
