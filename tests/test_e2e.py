@@ -22,7 +22,7 @@ def trained(tiny_qwen3, tmp_path_factory):
     run = folder / "run"
     code = main(["train", "--model", str(tiny_qwen3), "--data", str(train_file), "--eval-data", str(held_out),
                  "--output", str(run), "--max-steps", "4", "--quiet", "dev_size=4", "batch_size=4", "grad_accum=2",
-                 "learning_rate=1e-2", "eval_every=2", "save_every=2"])
+                 "learning_rate=1e-2", "eval_every=2", "save_every=2", "--dtype", "fp32"])
     assert code == 0
     return run, held_out, train_file
 
@@ -80,10 +80,10 @@ def test_adapter_reloads_to_identical_scores(trained, tmp_path, tiny_qwen3):
     from peft import PeftModel
 
     run, held_out, _ = trained
-    main(["eval", str(run), "--data", str(held_out), "--output", str(tmp_path)])
+    main(["eval", str(run), "--data", str(held_out), "--output", str(tmp_path), "--dtype", "fp32"])
     saved = [json.loads(line)["probs"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     examples, _ = load_examples(str(held_out))
-    answerer = Answerer.from_run(run, device="cpu")
+    answerer = Answerer.from_run(run, device="cpu", dtype="fp32")
     assert [{k: round(v, 6) for k, v in p.items()} for p in answerer.score(examples)] == saved
     plain = PeftModel.from_pretrained(load_base(str(tiny_qwen3))[0], str(run / "adapter"))  # standard PEFT format
     again = choice_logprobs(plain, answerer.tokenizer, answerer.template, examples)
@@ -125,3 +125,17 @@ def test_bad_data_fails_with_file_line_and_field(tiny_qwen3, tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [original_row(1), original_row(2, opd="")])
     code = main(["train", "--model", str(tiny_qwen3), "--data", str(bad), "--output", str(tmp_path / "r"), "--quiet"])
     assert code == 2 and "bad.jsonl:2: field 'opd': is empty" in capsys.readouterr().err
+
+
+def test_explicit_quantization_the_backend_cannot_do_fails_with_a_sentence(tiny_qwen3, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [original_row(i, cop=i % 4) for i in range(8)])
+    code = main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(tmp_path / "r"),
+                 "--quantize", "4bit", "--quiet", "--max-steps", "1"])
+    assert code == 2 and "--quantize 4bit was asked for, but" in capsys.readouterr().err
+
+
+def test_manifest_records_the_automatic_precision_and_quantization_choices(trained):
+    run, _, _ = trained
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["quantization"] == "none" and manifest["quantization_reason"].startswith("auto:")
+    assert manifest["dtype_reason"] == "asked for"

@@ -202,3 +202,43 @@ def test_from_run_without_manifest_names_the_file(tiny, tmp_path, capsys):
     code, _, err = _run_cli(["--from-run", str(tmp_path)], capsys)
     assert code == 2
     assert "manifest.json" in err
+
+
+def _cpu_run(tiny, run_dir: Path, metrics: list[dict]) -> Path:
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(f"model: {tiny}\nbatch_size: 4\ngrad_accum: 2\nmax_seq_len: 256\n")
+    (run_dir / "manifest.json").write_text(json.dumps({"dtype": "fp32", "device": "cpu", "processes": 1}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return run_dir
+
+
+def test_from_run_uses_the_longest_padded_batch_the_metrics_record(tiny, tmp_path):
+    run_dir = _cpu_run(tiny, tmp_path / "run", [{"step": 1, "padded_length": 180, "supervised_tokens": 400},
+                                                {"step": 2, "padded_length": 200, "supervised_tokens": 480}])
+    inp = planner.input_from_run(run_dir)
+    assert inp.seq_len == 200
+    assert inp.supervised_fraction == pytest.approx(480 / (4 * 2 * 200))  # 8 rows per optimizer step
+
+
+def test_from_run_without_padded_lengths_assumes_max_seq_len(tiny, tmp_path):
+    run_dir = _cpu_run(tiny, tmp_path / "run", [{"step": 1, "supervised_tokens": 400}])
+    inp = planner.input_from_run(run_dir)
+    assert (inp.seq_len, inp.supervised_fraction) == (256, PlanInput(model=tiny).supervised_fraction)
+
+
+def test_cpu_overhead_adds_heap_retention_below_the_mmap_threshold(tiny):
+    plan = estimate(PlanInput(model=tiny, device="cpu", batch_size=4, seq_len=256))
+    # tiny: 4 * 256 tokens * 128 intermediate * 4 bytes = 0.5 MiB, far below glibc's 32 MiB
+    expected = planner.CPU_BASELINE_BYTES + int(planner.CPU_HEAP_RETENTION * plan.activations)
+    assert plan.runtime_overhead == expected
+
+
+def test_cpu_overhead_has_no_heap_retention_for_mmapped_activations(tiny):
+    # 64 * 1024 tokens * 128 * 4 bytes = 32 MiB: glibc mmaps such blocks and returns them when freed
+    plan = estimate(PlanInput(model=tiny, device="cpu", batch_size=64, seq_len=1024))
+    assert plan.runtime_overhead == planner.CPU_BASELINE_BYTES
+
+
+def test_logits_count_three_fp32_copies_of_the_supervised_positions(tiny):
+    plan = estimate(PlanInput(model=tiny, batch_size=2, seq_len=100, supervised_fraction=0.5))
+    assert plan.logits == 3 * 100 * 151936 * 4

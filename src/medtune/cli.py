@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="integer answers are 0-based (Hub) or 1-based (original release), when data cannot tell")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     train.add_argument("--dtype", help="auto | bf16 | fp16 | fp32")
+    train.add_argument("--quantize", choices=["auto", "none", "4bit", "8bit"],
+                       help="QLoRA through bitsandbytes where the backend supports it; auto quantizes only when "
+                            "the memory plan says 16-bit LoRA does not fit")
+    train.add_argument("--cuda-visible-devices", help="set CUDA_VISIBLE_DEVICES before the first CUDA call")
+    train.add_argument("--hip-visible-devices", help="set HIP_VISIBLE_DEVICES before the first HIP call (ROCm)")
     train.add_argument("--trust-remote-code", action="store_true", default=None,
                        help="allow code from the model repository to run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_arguments(plan)
 
+    doctor = commands.add_parser("doctor", help="devices, dtypes, quantization and why", epilog=EPILOG,
+                                 description="Report the PyTorch build, devices, bf16 support, attention and "
+                                             "quantization options, the environment, and a numeric probe per "
+                                             "dtype; end with the recommended device, dtype and quantization.")
+    from medtune.doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(doctor)
+
     quick = commands.add_parser("quickstart", help="the CPU demo: evaluate, fine-tune, evaluate, answer", epilog=EPILOG,
                                 description="Fine-tune SmolLM2-135M-Instruct on CPU, evaluating before and after on "
                                             "held-out questions, then answer a sample question.")
@@ -104,7 +117,8 @@ def _run_train(args) -> int:
     from medtune.train import train
 
     flags = {name: getattr(args, name) for name in ("model", "data", "eval_data", "output", "max_steps", "epochs",
-                                                    "limit", "answer_base", "device", "dtype")}
+                                                    "limit", "answer_base", "device", "dtype",
+                                                    "cuda_visible_devices", "hip_visible_devices", "quantize")}
     flags.update(skip_invalid=args.skip_invalid or None, resume=args.resume or None,
                  trust_remote_code=args.trust_remote_code)
     config = load_config(args.config, **parse_overrides(args.overrides), **flags)
@@ -188,6 +202,12 @@ def _run_quickstart(args) -> int:
     return 0
 
 
+def _run_doctor(args) -> int:
+    from medtune.doctor import run
+
+    return run(args)
+
+
 def _run_plan(args) -> int:
     from medtune.plan import run
 
@@ -196,7 +216,7 @@ def _run_plan(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan,
+    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
                 "quickstart": _run_quickstart}
     from medtune.data import DataError
     from medtune.device import HardwareError

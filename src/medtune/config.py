@@ -49,7 +49,10 @@ class TrainConfig:
     early_stopping_patience: int = 0  # dev evaluations without improvement before stopping (0: off)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    cuda_visible_devices: str | None = None  # set before the first CUDA call; None leaves the environment alone
+    hip_visible_devices: str | None = None  # the same, for AMD GPUs under ROCm
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    quantize: str = "auto"  # auto | none | 4bit | 8bit (QLoRA, bitsandbytes); auto: only when 16-bit does not fit
     trust_remote_code: bool = False  # runs code from the model repository: only for repositories you trust
     resume: bool = False
 

@@ -1,16 +1,34 @@
 """The only module that inspects hardware: which device, which dtype, which backend -- each with its reason.
 
 PyTorch's ROCm build exposes AMD GPUs as the `cuda` device; `torch.version.hip` tells them apart.
-Nothing here sets hardware environment variables: HIP/CUDA settings come from the user's environment.
+Nothing here sets a hardware environment variable on its own: `apply_visible_devices` sets the visible-device
+variables only when a caller passes values from config or the command line. doctor.py writes the report.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
+import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZATIONS = ("none", "auto", "4bit", "8bit")
+ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+               "HSA_OVERRIDE_GFX_VERSION")
+# x86 flags (Linux /proc/cpuinfo) for bf16 dot products in hardware; without them bf16 is emulated in fp32
+# and slower than plain fp32. Arm's BF16 extension shows as "bf16" in the Features line.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# The probe model: the chosen architecture shrunk to 2 layers so one step takes well under a second.
+PROBE_SHAPE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+               "vocab_size": 512, "head_dim": 16}
+# flash-attn 2 kernels need Ampere (sm_80) or newer on NVIDIA, MI200/MI300 (CDNA2/3) on AMD.
+FLASH_ATTENTION_GFX = ("gfx90a", "gfx942", "gfx950")
 
 
 class HardwareError(RuntimeError):
@@ -21,6 +39,45 @@ class HardwareError(RuntimeError):
 class Choice:
     value: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One forward+backward step of the probe model in one dtype.
+
+    status: "finite" | "non-finite" | "unsupported" | "error". `loss` is the mean token cross-entropy
+    (nats); `seconds` is the step's wall time, model construction excluded.
+    """
+
+    dtype: str
+    status: str
+    loss: float | None = None
+    finite_loss: bool | None = None
+    finite_grads: bool | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+    @property
+    def finite(self) -> bool:
+        return self.status == "finite"
+
+    def describe(self) -> str:
+        if self.status not in ("finite", "non-finite"):
+            return f"{self.status}: {self.error}"
+        grads = "finite" if self.finite_grads else "NOT finite"
+        return f"{self.status} (loss {self.loss:.4g}, grads {grads}, {self.seconds:.2f} s)"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device PyTorch can use. capability: "8.0"-style compute capability (CUDA) or "gfx942" (ROCm)."""
+
+    kind: str  # cuda | rocm | mps | cpu
+    index: int | None
+    name: str
+    memory_bytes: int | None
+    capability: str | None
+    bf16: bool  # computes bfloat16 at all (on the CPU possibly emulated; see cpu_native_bf16)
 
 
 def backend() -> str:
@@ -42,8 +99,9 @@ def select_device(requested: str = "auto") -> Choice:
         return Choice(device, f"auto: {why}")
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise HardwareError(f"--device {requested} was asked for, but this PyTorch build sees no CUDA/ROCm GPU "
-                                f"(torch {torch.__version__}); use --device cpu or install a GPU build of torch")
+            raise HardwareError(
+                f"--device {requested} was asked for, but this PyTorch build sees no CUDA/ROCm GPU "
+                f"(torch {torch.__version__}); use --device cpu or install a GPU build of torch")
         index = int(requested.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise HardwareError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) are visible")
@@ -54,24 +112,359 @@ def select_device(requested: str = "auto") -> Choice:
     return Choice(requested, "asked for")
 
 
+# --- precision -------------------------------------------------------------------------------------------
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native-bf16 features: /proc/cpuinfo on Linux, else what torch's own CPU check reports."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    features = [line.partition(":")[2] for line in lines if line.startswith(("flags", "Features"))]
+    words = {word for line in features for word in line.split()}
+    if not lines:  # macOS and others: sysctl would tell; torch's own x86 check is enough for what we choose
+        words = {"avx512_bf16"} if torch.cpu._is_avx512_bf16_supported() else set()
+        words |= {"amx_bf16"} if torch.cpu._is_amx_tile_supported() else set()
+    return [flag for flag in CPU_BF16_FLAGS if flag in words]
+
+
+def cpu_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16, AMX, Arm BF16); emulated bf16 is slower."""
+    return bool(cpu_bf16_flags())
+
+
 def bf16_supported(device: str) -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
-    return device in ("cpu", "mps")  # CPU always computes bf16 (emulated without native support); MPS on macOS 14+
+    # The CPU always computes bf16 (emulated without native support); MPS from macOS 14.
+    return device in ("cpu", "mps")
 
 
-def select_dtype(requested: str, device: str) -> Choice:
-    """'auto': bf16 on GPUs that support it, else fp16 with loss scaling; fp32 on CPU and MPS."""
+def _shrunk_config(model_config):
+    """The same architecture class at probe size: 2 layers, hidden 64, vocab 512 where the config has them."""
+    values = model_config.to_dict()
+    values.pop("layer_types", None)  # per-layer lists sized for the full depth; rebuilt from the new depth
+    names = getattr(model_config, "attribute_map", {})  # GPT-2 style configs say n_layer, n_embd, ...
+    shape = {names.get(key, key): value for key, value in PROBE_SHAPE.items()}
+    values.update({key: value for key, value in shape.items() if key in values})
+    heads, kv_heads = model_config.num_attention_heads, values.get("num_key_value_heads")
+    if kv_heads:  # keep grouped-query attention grouped, and plain multi-head attention plain
+        values["num_key_value_heads"] = 2 if kv_heads < heads else PROBE_SHAPE["num_attention_heads"]
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids past the shrunk vocab break Embedding
+        ids = values.get(key) if isinstance(values.get(key), list) else [values.get(key)]
+        if any(i is not None and i >= PROBE_SHAPE["vocab_size"] for i in ids):
+            values[key] = None
+    return type(model_config)(**values)
+
+
+def _probe_loss(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The probe's loss: next-token cross-entropy on random ids (tests replace this to inject inf)."""
+    return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+
+
+def _probe_step(model_config, device: str, dtype: str) -> Probe:
+    """One training step as the trainer takes it: fp32 weights + autocast on CPU, 16-bit weights elsewhere."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(_shrunk_config(model_config))
+    weights = torch.float32 if device == "cpu" else DTYPES[dtype]
+    model = model.to(device=device, dtype=weights).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    kind = device.split(":")[0]
+    started = time.perf_counter()
+    with torch.autocast(kind, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
+        loss = _probe_loss(model, ids)
+    loss.backward()
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    finite_loss = math.isfinite(loss.item())
+    finite_grads = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    return Probe(dtype, "finite" if finite_loss and finite_grads else "non-finite", loss.item(), finite_loss,
+                 finite_grads, round(seconds, 4))
+
+
+def probe_dtypes(model_config, device: str, dtypes=("bf16", "fp16", "fp32")) -> dict[str, Probe]:
+    """One forward+backward step of a 2-layer copy of `model_config`'s architecture per dtype, on `device`.
+
+    It catches kernels that return NaN/Inf or fail in a dtype on this backend; random small weights cannot
+    show overflow that only trained weights' large activations cause (fp16 on some Qwen checkpoints), which
+    the trainer's non-finite-step guard handles.
+    """
+    probes = {}
+    for dtype in dtypes:
+        if dtype == "fp16" and device == "cpu":
+            why = "fp16 training on the CPU is not supported (no loss scaling there, no fast kernels)"
+            probes[dtype] = Probe(dtype, "unsupported", error=why)
+            continue
+        try:
+            probes[dtype] = _probe_step(model_config, device, dtype)
+        except Exception as error:  # one dtype failing must not stop the others
+            first_line = (str(error).splitlines() or [""])[0]
+            probes[dtype] = Probe(dtype, "error", error=f"{type(error).__name__}: {first_line}")
+    return probes
+
+
+def _auto_candidates(device: str) -> tuple[list[str], str]:
+    """16-bit dtypes worth trying on `device`, best first, and why the list is what it is."""
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return ["bf16", "fp16"], "the GPU supports bfloat16 (fp32 range, no loss scaling needed)"
+        return ["fp16"], "the GPU lacks bfloat16; fp16 with dynamic loss scaling"
+    if device == "cpu" and cpu_native_bf16():
+        flags = ", ".join(cpu_bf16_flags())
+        return ["bf16"], f"the CPU has native bf16 ({flags}), autocast over fp32 weights"
+    if device == "cpu":
+        return [], "the CPU lacks native bf16 (emulated bf16 is slower than fp32)"
+    return [], f"no fast 16-bit training path assumed on {device}"
+
+
+def select_dtype(requested: str, device: str, model_config=None,
+                 probes: dict[str, Probe] | None = None) -> Choice:
+    """'auto': bf16 where supported and the probe is finite, else fp16 with loss scaling (GPU), else fp32.
+
+    With `model_config`, each candidate is probed (or `probes` from probe_dtypes is used) and a non-finite
+    or failing dtype is passed over; without it the hardware alone decides, and the reason says so.
+    """
     if requested != "auto":
         if requested not in DTYPES:
             raise HardwareError(f"unknown dtype {requested!r}; use auto, bf16, fp16 or fp32")
         if requested == "bf16" and not bf16_supported(device):
-            raise HardwareError(f"bf16 was asked for, but {device} does not support bfloat16; use fp16 or fp32")
+            raise HardwareError(f"bf16 was asked for, but {device} does not support bfloat16; "
+                                "use fp16 or fp32")
         if requested == "fp16" and device == "cpu":
             raise HardwareError("fp16 training is not supported on the CPU; use bf16 or fp32")
-        return Choice(requested, "asked for")
-    if device.startswith("cuda"):
-        if torch.cuda.is_bf16_supported():
-            return Choice("bf16", "auto: the GPU supports bfloat16 (fp32 range, no loss scaling needed)")
-        return Choice("fp16", "auto: the GPU lacks bfloat16; fp16 with dynamic loss scaling")
-    return Choice("fp32", f"auto: fp32 on {device} (no fast 16-bit training path assumed)")
+        slow = requested == "bf16" and device == "cpu" and not cpu_native_bf16()
+        return Choice(requested, "asked for" + (" (emulated on this CPU: slower than fp32)" if slow else ""))
+    candidates, why = _auto_candidates(device)
+    if model_config is None and probes is None:
+        if candidates:
+            return Choice(candidates[0], f"auto: {why} (no numeric probe run)")
+        return Choice("fp32", f"auto: fp32 because {why}")
+    if probes is None:
+        probes = probe_dtypes(model_config, device, candidates)
+    failed = []
+    for dtype in candidates:
+        probe = probes.get(dtype) or probe_dtypes(model_config, device, (dtype,))[dtype]
+        if probe.finite:
+            passed_over = f"; passed over {', '.join(failed)}" if failed else ""
+            return Choice(dtype, f"auto: {why}; probe step {probe.describe()}{passed_over}")
+        failed.append(f"{dtype} (probe {probe.describe()})")
+    if failed:
+        return Choice("fp32", f"auto: fp32 because {why}, but {'; '.join(failed)}")
+    return Choice("fp32", f"auto: fp32 because {why}")
+
+
+def next_safer_dtype(dtype: str, device: str | None = None) -> str | None:
+    """The trainer's fallback after repeated non-finite steps: bf16 -> fp16 (GPUs) or fp32 -> None."""
+    device = device or select_device("auto").value
+    if dtype == "bf16":  # fp16 needs loss scaling, which medtune (through accelerate) does on GPUs only
+        return "fp16" if device.startswith("cuda") and torch.cuda.is_available() else "fp32"
+    return "fp32" if dtype == "fp16" else None
+
+
+# --- quantization ----------------------------------------------------------------------------------------
+
+
+def _bitsandbytes() -> tuple[str, str, bool]:
+    """(version, backend, native library loaded) of the installed bitsandbytes; ImportError when absent.
+
+    bitsandbytes' `cextension` says which native library it loaded: BNB_BACKEND is "CUDA", "ROCm", "CPU" or
+    "XPU", and `lib` is a mock object (ErrorHandlerMockBNBNativeLibrary) when that library failed to load.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import bitsandbytes
+        from bitsandbytes import cextension
+    lib = getattr(cextension, "lib", None)
+    loaded = lib is not None and "Mock" not in type(lib).__name__
+    return bitsandbytes.__version__, getattr(cextension, "BNB_BACKEND", "CUDA"), loaded
+
+
+def bitsandbytes_status(device: str) -> dict:
+    """{installed, version, backend, works, reason}: can bitsandbytes do 4/8-bit training on `device`?"""
+    status = {"installed": False, "version": None, "backend": None}
+    try:
+        version, build, loaded = _bitsandbytes()
+    except ModuleNotFoundError as error:
+        if error.name != "bitsandbytes":
+            raise
+        return {**status, "works": False, "reason": "bitsandbytes is not installed (pip install it)"}
+    except Exception as error:  # a broken build raises all sorts at import
+        return {**status, "installed": True, "works": False,
+                "reason": f"bitsandbytes is installed but does not import ({type(error).__name__}: {error})"}
+    status = {"installed": True, "version": version, "backend": build}
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        why = f"bitsandbytes 4/8-bit training needs a CUDA or ROCm GPU, and this is {device}"
+    elif torch.version.hip and (build != "ROCm" or not loaded):
+        why = f"this is a ROCm GPU, but bitsandbytes loaded no ROCm/HIP library (its backend: {build})"
+    elif not loaded:
+        why = f"bitsandbytes {version} imports, but its {build} library did not load"
+    else:
+        return {**status, "works": True, "reason": f"bitsandbytes {version} with its {build} library"}
+    return {**status, "works": False, "reason": why}
+
+
+def select_quantization(requested: str, device: str, fits_16bit: bool | None = None) -> Choice:
+    """'auto' quantizes (4-bit QLoRA) only when the memory plan says 16-bit does not fit and it works here."""
+    if requested not in QUANTIZATIONS:
+        raise HardwareError(f"unknown quantization {requested!r}; use none, auto, 4bit or 8bit")
+    if requested == "none":
+        return Choice("none", "asked for")
+    support = bitsandbytes_status(device)
+    if requested != "auto":
+        if not support["works"]:
+            raise HardwareError(f"--quantize {requested} was asked for, but {support['reason']}; "
+                                "use --quantize none (16-bit LoRA)")
+        return Choice(requested, f"asked for ({support['reason']})")
+    if fits_16bit is None:
+        return Choice("none", "auto: no memory plan for this device, so no reason to quantize")
+    if fits_16bit:
+        return Choice("none", "auto: the memory plan says 16-bit LoRA fits")
+    if support["works"]:
+        return Choice("4bit", f"auto: the memory plan says 16-bit LoRA does not fit; 4-bit QLoRA with "
+                              f"{support['reason']}")
+    return Choice("none", "auto: the memory plan says 16-bit LoRA does not fit, but quantization is "
+                          f"unavailable ({support['reason']}); lower the batch size or enable checkpointing")
+
+
+# --- environment -----------------------------------------------------------------------------------------
+
+
+def apply_visible_devices(cuda_visible: str | None = None, hip_visible: str | None = None) -> dict[str, str]:
+    """Set CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES from config or CLI; returns what was set.
+
+    They only take effect before the process's first CUDA/HIP call, so this refuses once torch.cuda has
+    initialized (unless the value is already in place). Nothing is set unless asked for.
+    """
+    wanted = {name: str(value) for name, value in (("CUDA_VISIBLE_DEVICES", cuda_visible),
+                                                   ("HIP_VISIBLE_DEVICES", hip_visible)) if value is not None}
+    changed = {name: value for name, value in wanted.items() if os.environ.get(name) != value}
+    if changed and torch.cuda.is_initialized():
+        raise HardwareError(f"cannot set {', '.join(changed)} now: this process already initialized "
+                            "CUDA/HIP; set it in the environment before starting medtune instead")
+    os.environ.update(changed)
+    return wanted
+
+
+def gfx_from_override(version: str) -> str | None:
+    """HSA_OVERRIDE_GFX_VERSION "9.4.2" -> "gfx942", "9.0.10" -> "gfx90a"; None when unreadable."""
+    try:
+        major, minor, stepping = (int(part) for part in version.strip().split("."))
+    except ValueError:
+        return None
+    return f"gfx{major}{minor:x}{stepping:x}"
+
+
+def override_from_gfx(arch: str) -> str | None:
+    """"gfx942" (or "gfx942:sramecc+:xnack-") -> "9.4.2"; the last two digits are hexadecimal."""
+    name = arch.split(":")[0].removeprefix("gfx")
+    if len(name) < 3 or not name[:-2].isdigit():
+        return None
+    return f"{int(name[:-2])}.{int(name[-2], 16)}.{int(name[-1], 16)}"
+
+
+def detected_gfx_archs() -> list[str]:
+    """The AMD GPUs' real gfx architectures, from the kernel driver's topology when readable.
+
+    The KFD topology reports the hardware's own target even under HSA_OVERRIDE_GFX_VERSION, which makes
+    the ROCm runtime (and so torch's gcnArchName) report the overridden one instead.
+    """
+    archs = []
+    for properties in sorted(Path("/sys/class/kfd/kfd/topology/nodes").glob("*/properties")):
+        fields = dict(line.split(" ", 1) for line in properties.read_text().splitlines() if " " in line)
+        target = int(fields.get("gfx_target_version", "0") or 0)  # major*10000+minor*100+stepping; 0: CPU
+        if target:
+            archs.append(gfx_from_override(f"{target // 10000}.{target // 100 % 100}.{target % 100}"))
+    if not archs and torch.version.hip and torch.cuda.is_available():
+        archs = [torch.cuda.get_device_properties(i).gcnArchName.split(":")[0]
+                 for i in range(torch.cuda.device_count())]
+    return archs
+
+
+def environment_report() -> dict:
+    """The hardware-relevant environment variables (None: unset) and warnings about them."""
+    values = {name: os.environ.get(name) for name in ENVIRONMENT}
+    warnings_ = []
+    override = values["HSA_OVERRIDE_GFX_VERSION"]
+    if override is not None and not torch.version.hip:
+        warnings_.append(f"HSA_OVERRIDE_GFX_VERSION={override} is set, but this PyTorch build is not ROCm: "
+                         "it does nothing here and would force that GPU target on any AMD GPU; unset it")
+    elif override is not None:
+        forced, archs = gfx_from_override(override), detected_gfx_archs()
+        for arch in sorted({a for a in archs if a != forced}):
+            warnings_.append(f"HSA_OVERRIDE_GFX_VERSION={override} makes ROCm treat every GPU as {forced}, "
+                             f"but this machine has {arch} (override {override_from_gfx(arch)}); a wrong "
+                             "override can crash or miscompute: unset it unless this GPU needs it")
+    return {"variables": values, "warnings": warnings_}
+
+
+# --- inventory -------------------------------------------------------------------------------------------
+
+
+def torch_build() -> dict:
+    """Which accelerator stacks this PyTorch was built with, and which it can use now."""
+    cuda, hip = torch.version.cuda, torch.version.hip
+    label = (f"ROCm/HIP {hip}" if hip else f"CUDA {cuda}" if cuda
+             else "MPS" if torch.backends.mps.is_built() else "CPU-only")
+    return {"version": torch.__version__, "build": label, "cuda": cuda, "hip": hip,
+            "mps_built": torch.backends.mps.is_built(), "mps_available": torch.backends.mps.is_available(),
+            "cuda_available": torch.cuda.is_available(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_info() -> DeviceInfo:
+    """The host CPU: model name, memory (MemTotal), and bf16 (True: computes it; see cpu_native_bf16)."""
+    name, memory = "unknown CPU", None
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        meminfo = Path("/proc/meminfo").read_text().split()
+        memory = int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024  # reported in kB
+    except (OSError, ValueError):
+        if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return DeviceInfo("cpu", None, name, memory, torch.backends.cpu.get_cpu_capability(), True)
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (affinity and container limits), not the machine's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def devices() -> list[DeviceInfo]:
+    """Every GPU PyTorch sees (CUDA/ROCm or MPS), then the CPU."""
+    found = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            capability = (props.gcnArchName.split(":")[0] if torch.version.hip
+                          else f"{props.major}.{props.minor}")
+            found.append(DeviceInfo("rocm" if torch.version.hip else "cuda", index, props.name,
+                                    props.total_memory, capability, torch.cuda.is_bf16_supported()))
+    elif torch.backends.mps.is_available():
+        found.append(DeviceInfo("mps", 0, "Apple GPU (MPS)", torch.mps.recommended_max_memory(), None, True))
+    return found + [cpu_info()]
+
+
+def attention_implementations(device: str) -> dict[str, Choice]:
+    """transformers' attn_implementation names -> usable ("yes"/"no") with the reason."""
+    usable = {"eager": Choice("yes", "plain PyTorch; always works, keeps the [seq, seq] score matrix"),
+              "sdpa": Choice("yes", f"torch's scaled_dot_product_attention (torch {torch.__version__})")}
+    if importlib.util.find_spec("flash_attn") is None:
+        usable["flash_attention_2"] = Choice("no", "the flash_attn package is not installed")
+    elif not device.startswith("cuda") or not torch.cuda.is_available():
+        usable["flash_attention_2"] = Choice("no", f"flash_attn needs a CUDA/ROCm GPU, not {device}")
+    else:
+        index = int(device.partition(":")[2] or 0)
+        props = torch.cuda.get_device_properties(index)
+        arch = props.gcnArchName.split(":")[0] if torch.version.hip else None
+        fits = arch in FLASH_ATTENTION_GFX if arch else props.major >= 8
+        why = "flash_attn installed; " + ("the GPU supports it" if fits else "needs sm_80+ or MI200/MI300")
+        usable["flash_attention_2"] = Choice("yes" if fits else "no", why)
+    return usable

@@ -142,6 +142,17 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+def model_config(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's HF config (no weights loaded), or None for a GGUF file."""
+    from transformers import AutoConfig
+
+    kind, path, _ = resolve(source)
+    if kind == "gguf":
+        return None
+    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                      local_files_only=kind == "hub" and not hub_reachable())
+
+
 def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -152,12 +163,29 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
                                          local_files_only=kind == "hub" and not hub_reachable())
 
 
-def load_base(source: str, dtype: str = "fp32", revision: str | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer, ModelInfo) with the model in `dtype` on the CPU, in eval mode."""
+def _quantization_config(quantize: str, dtype: str):
+    """bitsandbytes settings for QLoRA: NF4 with double quantization computes in `dtype` (the QLoRA paper's
+    choice); 8-bit is LLM.int8(). Whether they work on this backend is device.select_quantization's call."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=DTYPES[dtype])
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_base(source: str, dtype: str = "fp32", revision: str | None = None, trust_remote_code: bool = False,
+              quantize: str = "none", device: str = "cpu"):
+    """(model, tokenizer, ModelInfo) with the model in `dtype`, in eval mode: on the CPU, or quantized
+    (`quantize` 4bit/8bit) straight onto `device`."""
     from transformers import AutoModelForCausalLM
 
     kind, path, note = resolve(source)
     torch_dtype = DTYPES[dtype]
+    quantized = {} if quantize == "none" else {
+        "quantization_config": _quantization_config(quantize, dtype), "device_map": {"": device}}
+    if quantized and kind == "gguf":
+        raise ModelError("a GGUF file is de-quantized on load; re-quantizing it with bitsandbytes is not supported")
     try:
         if kind == "gguf":
             model, tokenizer = _load_gguf(Path(path), torch_dtype)
@@ -166,7 +194,7 @@ def load_base(source: str, dtype: str = "fp32", revision: str | None = None, tru
             tokenizer = load_tokenizer(source, revision, trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code,
-                local_files_only=offline,
+                local_files_only=offline, **quantized,
             )
     except OSError as error:
         raise ModelError(f"cannot load model {source!r}: {error}") from error

@@ -32,15 +32,23 @@ NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
 ADAPTER_BYTES = 4
 # Dropout keeps its mask for backward: float32 with the CPU kernel (measured), bool on CUDA.
 DROPOUT_MASK_BYTES = {"cpu": 4, "cuda": 1}
-# Importing torch + transformers + peft measured ~475 MiB RSS here; the tokenizer, data and glibc
-# arenas come on top. A first guess, to calibrate against the trainer's peak RSS.
-CPU_BASELINE_BYTES = 768 * MIB
+# The trainer process before any tensor counts: Python, torch, transformers, peft, accelerate, the tokenizer
+# and the data. Fitted to peak RSS of `medtune train` runs with tiny models (bench/README-memory.md).
+CPU_BASELINE_BYTES = 590 * MIB
+# glibc's malloc serves blocks below its mmap threshold from its heap, and the threshold rises to the
+# largest block freed (at most 32 MiB on 64-bit). So a step's activations come from the heap, which keeps
+# and fragments what backward frees: peak RSS settles, after a few steps, near (1 + this) times the bytes
+# autograd saves (SmolLM2-135M, bench/README-memory.md). Blocks of 32 MiB and more are mmapped and go back
+# to the system when freed, so this applies only while a layer's largest activation is smaller.
+CPU_HEAP_RETENTION = 0.8
+GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
 # CUDA context and cuBLAS workspaces, which torch.cuda.max_memory_allocated() never shows.
 CUDA_CONTEXT_BYTES = 1 * GIB
 # Share of tensor bytes the caching allocator holds in blocks it cannot reuse.
 CUDA_FRAGMENTATION = 0.10
-# The loss keeps the fp32 log-softmax of the supervised logits; backward adds its gradient.
-LOGITS_FP32_COPIES = 2
+# The loss keeps the fp32 log-softmax of the supervised logits; backward starts with two more [n, vocab]
+# fp32 tensors alive beside it (the incoming gradient and the one it returns): measured, tiny Qwen3 runs.
+LOGITS_FP32_COPIES = 3
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": MIB, "gib": GIB, "tib": 1 << 40}
 
@@ -123,8 +131,9 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         inp = self.input
-        keys = ("model", "method", "dtype", "batch_size", "seq_len", "gradient_checkpointing", "optimizer",
-                "lora_r", "lora_dropout", "device", "gradient_accumulation_steps")
+        keys = ("model", "method", "dtype", "batch_size", "seq_len", "supervised_fraction",
+                "gradient_checkpointing", "optimizer", "lora_r", "lora_dropout", "device",
+                "gradient_accumulation_steps")
         return {**{k: getattr(inp, k) for k in keys}, "weights_dtype": _weights_dtype(inp),
                 "params": {"total": self.total_params, "trainable": self.trainable_params,
                            "trainable_share": self.trainable_share},
@@ -302,11 +311,14 @@ def _logits_bytes(shape: ModelShape, inp: PlanInput) -> int:
     return LOGITS_FP32_COPIES * supervised * shape.vocab * 4
 
 
-def _runtime_overhead_bytes(tensor_bytes: int, device: str) -> int:
-    """CPU: a fixed process baseline RSS. CUDA: context plus allocator fragmentation."""
-    if device == "cuda":
-        return CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * tensor_bytes)
-    return CPU_BASELINE_BYTES
+def _runtime_overhead_bytes(shape: ModelShape, inp: PlanInput, parts: dict[str, int]) -> int:
+    """CUDA: context plus allocator fragmentation. CPU: the process baseline plus glibc's heap retention."""
+    if inp.device == "cuda":
+        return CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * sum(parts.values()))
+    # A layer's largest activation: an fp32 [tokens, intermediate] tensor (PEFT's fp32 copy under autocast).
+    largest = inp.batch_size * inp.seq_len * shape.intermediate * 4
+    retained = CPU_HEAP_RETENTION * parts["activations"] if largest < GLIBC_MMAP_THRESHOLD_MAX else 0
+    return CPU_BASELINE_BYTES + int(retained)
 
 
 def _plan(inp: PlanInput) -> MemoryPlan:
@@ -324,7 +336,7 @@ def _plan(inp: PlanInput) -> MemoryPlan:
                  activations=_activation_bytes(shape, inp), logits=_logits_bytes(shape, inp))
     return MemoryPlan(input=inp, total_params=shape.base_params + (trainable if lora else 0),
                       trainable_params=trainable, **parts,
-                      runtime_overhead=_runtime_overhead_bytes(sum(parts.values()), inp.device))
+                      runtime_overhead=_runtime_overhead_bytes(shape, inp, parts))
 
 
 def estimate(inp: PlanInput) -> MemoryPlan:
@@ -428,8 +440,27 @@ def _read_run_file(path: Path, reader) -> dict:
     return data
 
 
+def _lengths_from_metrics(run_dir: Path, rows_per_step: int) -> dict:
+    """seq_len and supervised_fraction of the run's longest micro-batch, when its metrics record them.
+
+    The trainer pads each micro-batch to its longest row, so activations follow that padded length, not
+    max_seq_len. A metrics line with "padded_length" (the step's longest micro-batch, tokens) gives it, and
+    its "supervised_tokens" (the step's rows, all processes: `rows_per_step`) the supervised share. Without
+    them the plan keeps max_seq_len and the default share: an upper bound on activations, a guess for logits.
+    """
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    records = [r for r in records if r.get("padded_length") and r.get("supervised_tokens")]
+    if not records:
+        return {}
+    longest = max(records, key=lambda r: r["padded_length"])
+    share = longest["supervised_tokens"] / (rows_per_step * longest["padded_length"])
+    return {"seq_len": int(longest["padded_length"]), "supervised_fraction": min(1.0, share)}
+
+
 def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) -> PlanInput:
-    """A run's exact settings: config.yaml (what was asked) and manifest.json (the dtype and device used)."""
+    """A run's exact settings: config.yaml (what was asked), manifest.json (the dtype and device used) and,
+    when recorded, metrics.jsonl (the padded length and supervised share of its longest micro-batch)."""
     import yaml
 
     config = _read_run_file(Path(run_dir) / "config.yaml", yaml.safe_load)
@@ -440,15 +471,19 @@ def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) 
     # ROCm reports "cuda" too; MPS shares host memory, so the CPU baseline applies there.
     device = "cuda" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"
     targets = config.get("lora_target_modules") or DEFAULT_TARGETS
+    processes = int(manifest.get("processes", 1))
+    rows_per_step = int(config["batch_size"]) * int(config.get("grad_accum", 1)) * processes
+    lengths = {"seq_len": int(config["max_seq_len"])} | _lengths_from_metrics(Path(run_dir), rows_per_step)
     return PlanInput(
         model=str(config["model"]), method=config.get("method", "lora"),
         dtype=str(manifest.get("dtype", config.get("dtype"))),  # config may say "auto"; manifest resolves
-        batch_size=int(config["batch_size"]), seq_len=int(config["max_seq_len"]),
+        batch_size=int(config["batch_size"]),
         gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
         optimizer=config.get("optimizer", "adamw"), lora_r=int(config.get("lora_r", 16)),
         lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
         lora_dropout=float(config.get("lora_dropout", 0.05)), device_memory_bytes=device_memory_bytes,
-        device=device, weights_dtype=_trainer_weights_dtype(device))
+        device=device, weights_dtype=_trainer_weights_dtype(device),
+        **lengths)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

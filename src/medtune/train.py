@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 from medtune import __version__
 from medtune.config import TrainConfig
 from medtune.data import LETTERS, MCQExample, load_examples, split_dev
-from medtune.device import DTYPES, backend, select_device, select_dtype
+from medtune.device import (
+    DTYPES, Choice, apply_visible_devices, backend, next_safer_dtype, select_device, select_dtype, select_quantization,
+)
 from medtune.evaluate import choice_logprobs, model_device
-from medtune.modeling import add_lora, count_parameters, load_base
+from medtune.modeling import add_lora, count_parameters, load_base, model_config
 from medtune.prompts import template_for
 from medtune.rundir import RunDir, append_jsonl, write_json
 from medtune.tokenization import IGNORE, Encoded, PromptError, collate, encode_example, letter_token_ids, pad_token_id
@@ -215,24 +217,32 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     """Fine-tune a LoRA adapter as `config` says; returns the finished run directory."""
     from accelerate import Accelerator
 
+    run = RunDir(config.output)
+    if run.is_run() and not config.resume:
+        raise FileExistsError(f"{run.root} already holds a finished run; choose another --output or pass --resume")
+    apply_visible_devices(config.cuda_visible_devices, config.hip_visible_devices)  # before any CUDA call
     device = select_device(config.device)
-    dtype = select_dtype(config.dtype, device.value)
+    # 'auto' probes one step of this architecture (shrunk) per candidate dtype and takes the first finite one
+    dtype = select_dtype(config.dtype, device.value,
+                         model_config(config.model, config.revision, config.trust_remote_code))
     # accelerate brings device placement and DDP; autocast and loss scaling are ours (_Precision), so the
     # NaN guard can step down to a safer dtype in the middle of a run.
     accelerator = Accelerator(cpu=device.value == "cpu")
     main = accelerator.is_main_process
-    run = RunDir(config.output)
 
     def log(message: str) -> None:
         if main:
             tqdm.write(f"[medtune] {message}")
 
-    if run.is_run() and not config.resume:
-        raise FileExistsError(f"{run.root} already holds a finished run; choose another --output or pass --resume")
     seed_everything(config.seed, device.value)
+    quantize = _choose_quantization(config, device.value, dtype.value)
     # Base weights in 16 bits on GPUs (the frozen part needs no fp32 master copy); LoRA weights stay fp32.
     model, tokenizer, info = load_base(config.model, "fp32" if device.value == "cpu" else dtype.value,
-                                       config.revision, config.trust_remote_code)
+                                       config.revision, config.trust_remote_code, quantize.value, device.value)
+    if quantize.value != "none":  # QLoRA: norms to fp32, inputs that need gradients for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     template = template_for(tokenizer, config.prompt_format)
     data = _load_data(config, tokenizer, template, log)
     if config.gradient_checkpointing:
@@ -242,7 +252,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     trainable, total = count_parameters(model)
     log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
-        f"({dtype.reason})")
+        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason})")
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -284,9 +294,10 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         lr = learning_rate(step, total_steps, config.learning_rate, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = torch.zeros((), device=accelerator.device)
+        step_loss, padded = torch.zeros((), device=accelerator.device), 0
         for index, chunk in enumerate(micro):
             batch = {k: v.to(accelerator.device) for k, v in collate([data.encoded[i] for i in chunk], pad).items()}
+            padded = max(padded, batch["input_ids"].shape[1])  # `medtune plan --from-run` sizes activations by it
             sync = accelerator.no_sync(loss_module) if index < len(micro) - 1 else nullcontext()
             with sync:
                 with precision.autocast():
@@ -295,10 +306,12 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             step_loss += loss_sum.detach().float()
             tokens_seen += int(batch["attention_mask"].sum())
         loss = accelerator.reduce(step_loss, reduction="sum").item() / n_tokens
+        padded = int(accelerator.reduce(torch.tensor(padded, device=accelerator.device), "max").item())
         precision.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         finite = math.isfinite(loss) and (precision.dtype == "fp16" or bool(torch.isfinite(grad_norm)))
-        finite = accelerator.reduce(torch.tensor(float(finite), device=accelerator.device), "min").item() > 0
+        # every process must agree to skip (accelerate's reduce has sum/mean/max, no min)
+        finite = accelerator.reduce(torch.tensor(float(not finite), device=accelerator.device), "max").item() == 0
         if not finite:  # a non-finite loss or gradient never reaches the weights
             optimizer.zero_grad(set_to_none=True)
             precision.scaler.update()
@@ -323,7 +336,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
         record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                  "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens, "dtype": precision.dtype}
+                  "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens, "padded_length": padded,
+                  "dtype": precision.dtype}
         last = step == total_steps
         if config.eval_every and (step % config.eval_every == 0 or last):
             record["dev_accuracy"] = _dev_accuracy(model, tokenizer, template, data.dev)
@@ -349,6 +363,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             "versions": _versions(),
             "device": device.value, "device_reason": device.reason, "backend": backend(),
             "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
+            "quantization": quantize.value, "quantization_reason": quantize.reason,
             "processes": world,
             "base_model": info.to_dict(),
             "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
@@ -380,10 +395,20 @@ def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, g
     return good["step"], dict(good["best"])
 
 
-def next_safer_dtype(dtype: str, device_type: str) -> str | None:  # TODO(device.py): move there
-    if dtype == "bf16" and device_type == "cuda":
-        return "fp16"
-    return "fp32" if dtype in ("bf16", "fp16") else None
+def _choose_quantization(config: TrainConfig, device: str, dtype: str) -> Choice:
+    """none/4bit/8bit: 'auto' asks the memory planner whether 16-bit LoRA fits this GPU first."""
+    fits = None
+    if config.quantize == "auto" and device.startswith("cuda"):
+        from medtune.plan import PlanInput, estimate
+
+        targets = config.lora_target_modules
+        memory = torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+        fits = estimate(PlanInput(
+            model=config.model, method="lora", dtype=dtype, batch_size=config.batch_size, seq_len=config.max_seq_len,
+            gradient_checkpointing=config.gradient_checkpointing, lora_r=config.lora_r, device="cuda",
+            lora_target_modules=(targets,) if isinstance(targets, str) else tuple(targets),
+            device_memory_bytes=memory)).fits
+    return select_quantization(config.quantize, device, fits)
 
 
 def _data_summary(report: dict) -> dict:
