@@ -4,5 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=$(bash scripts/setup.sh | tail -n 1)
+# The browser test drives Debian's Chromium (never a browser downloaded by a test tool).
+if ! command -v chromium >/dev/null; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
 "$python" -c "from medtune.modeling import smollm2_from_wheel; print('[test] SmolLM2:', smollm2_from_wheel())"
 exec "$python" -m pytest "$@"

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_doctor_arguments(doctor)
 
+    serve = commands.add_parser("serve", help="answer over HTTP: a REST API and a web page", epilog=EPILOG)
+    from medtune.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
+
     quick = commands.add_parser("quickstart", help="the CPU demo: evaluate, fine-tune, evaluate, answer", epilog=EPILOG,
                                 description="Fine-tune SmolLM2-135M-Instruct on CPU, evaluating before and after on "
                                             "held-out questions, then answer a sample question.")
@@ -208,6 +213,12 @@ def _run_doctor(args) -> int:
     return run(args)
 
 
+def _run_serve(args) -> int:
+    from medtune.serve import run
+
+    return run(args)
+
+
 def _run_plan(args) -> int:
     from medtune.plan import run
 
@@ -216,7 +227,7 @@ def _run_plan(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
+    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor, "serve": _run_serve,
                 "quickstart": _run_quickstart}
     from medtune.data import DataError
     from medtune.device import HardwareError

@@ -1,0 +1,1 @@
+"""What `medtune serve` needs besides its routes: the page (index.html) and the batching worker."""

@@ -1,0 +1,143 @@
+"""End to end in a real browser: headless Chromium (Debian's `chromium` package, driven by Playwright) uses the
+page served by a real `medtune serve` process on loopback. Saves tests/artifacts/serve-page.png."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import original_row, write_jsonl
+from medtune.answer import Answerer
+from medtune.cli import main
+
+CHROMIUM = os.environ.get("MEDTUNE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SERVE = [sys.executable, "-m", "medtune.cli", "serve"]
+MAX_NEW_TOKENS = 12
+FIRST_EXAMPLE = ("Which nerve is injured in wrist drop?",  # the page's first example button
+                 ["Radial nerve", "Ulnar nerve", "Median nerve", "Axillary nerve"])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_qwen3, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("browser")
+    data = write_jsonl(folder / "train.jsonl", [original_row(i, cop=i % 4) for i in range(6)])
+    run = folder / "run"
+    assert main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(run),
+                 "--max-steps", "2", "--quiet", "dev_size=2", "batch_size=2", "grad_accum=1"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    """`medtune serve RUN_DIR` on a free loopback port; yields its base URL once /healthz says ok."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
+    process = subprocess.Popen([*SERVE, str(run_dir), "--port", str(port), "--dtype", "fp32", "--device", "cpu",
+                                "--max-new-tokens", str(MAX_NEW_TOKENS)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"medtune serve exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"medtune serve was not healthy within {seconds:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package with "
+                    "'apt-get install -y chromium' (or set MEDTUNE_CHROMIUM to its path)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 900, "height": 1100})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server)
+    yield page
+    context.close()
+    # e.g. a script the content security policy blocked; Chromium also logs each 4xx response, and the
+    # bad-input test earns one 422 on purpose
+    assert [error for error in errors if "status of 422" not in error] == []
+
+
+def test_page_answers_with_bars_and_explanation(page, run_dir):
+    expected = Answerer.from_run(run_dir, device="cpu", dtype="fp32").answer(
+        *FIRST_EXAMPLE, explain=True, max_new_tokens=MAX_NEW_TOKENS)
+    assert expected.explanation, "the tiny model explained nothing: pick another question"
+    assert page.get_by_text("Research tool — not for clinical decisions").is_visible()
+
+    page.click("[data-example='0']")
+    assert page.input_value("#question") == FIRST_EXAMPLE[0]
+    page.fill("#question", FIRST_EXAMPLE[0])  # typed, as a person would, over the example's text
+    page.click("#submit")
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
+
+    assert page.text_content("#answer-letter") == expected.answer
+    bars = page.locator(".bar")
+    assert bars.count() == 4
+    for i, (letter, prob) in enumerate(expected.probs.items()):
+        assert bars.nth(i).get_attribute("data-letter") == letter
+        assert bars.nth(i).locator(".pct").text_content() == f"{100 * prob:.1f}%"
+        width = bars.nth(i).locator(".fill").evaluate("e => e.style.width")
+        assert width == f"{100 * prob:.1f}%"
+    assert page.locator(".bar.chosen").get_attribute("data-letter") == expected.answer
+    assert page.text_content("#explanation") == expected.explanation
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "serve-page.png", full_page=True)
+
+
+def test_options_can_be_added_up_to_five_and_removed_down_to_two(page):
+    assert page.locator("#options input").count() == 4
+    page.click("#add-option")
+    assert page.locator("#options input").count() == 5 and page.is_disabled("#add-option")
+    for _ in range(3):
+        page.locator("#options .option button").first.click()
+    assert page.locator("#options input").count() == 2
+    assert page.locator("#options .option button").first.is_disabled()
+
+
+def test_bad_input_shows_the_servers_message(page):
+    page.fill("#question", "Which is right?")
+    for i, text in enumerate(["same", "same", "other", "more"]):
+        page.locator("#options input").nth(i).fill(text)
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "contains the same option twice" in page.text_content("#error")
