@@ -106,7 +106,7 @@ def run_medtune(args) -> dict:
             batch_size=args.batch_size, grad_accum=16 // args.batch_size, max_seq_len=256, learning_rate=2e-4,
             warmup_ratio=0.05, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
             lora_target_modules=LORA["targets"], dev_size=0, eval_every=0, save_every=0, device="cpu",
-            dtype=args.dtype, skip_invalid=True,
+            dtype=args.dtype, skip_invalid=True, prompt_format=args.prompt_format,
         )
         start = time.perf_counter()
         run = medtune_train(config, progress=False)
@@ -147,6 +147,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--batch-size", type=int, default=4, help="medtune micro-batch (x accumulation = 16)")
+    parser.add_argument("--prompt-format", default="harness", choices=["harness", "auto"],
+                        help="medtune's prompt: 'harness' is the seed recipe's text exactly, so only the training "
+                             "loops differ; 'auto' is medtune's default chat template")
     parser.add_argument("--worker", choices=["seed", "medtune"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

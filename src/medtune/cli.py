@@ -227,8 +227,8 @@ def _run_plan(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor, "serve": _run_serve,
-                "quickstart": _run_quickstart}
+    handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
+                "serve": _run_serve, "quickstart": _run_quickstart}
     from medtune.data import DataError
     from medtune.device import HardwareError
     from medtune.modeling import ModelError

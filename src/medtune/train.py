@@ -28,7 +28,14 @@ from medtune import __version__
 from medtune.config import TrainConfig
 from medtune.data import LETTERS, MCQExample, load_examples, split_dev
 from medtune.device import (
-    DTYPES, Choice, apply_visible_devices, backend, next_safer_dtype, select_device, select_dtype, select_quantization,
+    DTYPES,
+    Choice,
+    apply_visible_devices,
+    backend,
+    next_safer_dtype,
+    select_device,
+    select_dtype,
+    select_quantization,
 )
 from medtune.evaluate import choice_logprobs, model_device
 from medtune.modeling import add_lora, count_parameters, load_base, model_config
