@@ -136,3 +136,13 @@ def test_user_input_with_duplicate_options_is_refused():
         example_from_input("Q?", ["a", "a"])
     with pytest.raises(DataError, match=r"field 'options': has 6 options"):
         example_from_input("Q?", list("abcdef"))
+
+
+def test_hub_dataset_offline_fails_fast_with_a_sentence(monkeypatch):
+    from medtune.modeling import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_reachable.cache_clear()
+    with pytest.raises(ConnectionError, match="Hub is not reachable .* Pass a local JSONL"):
+        load_examples("openlifescienceai/medmcqa", split="validation")
+    hub_reachable.cache_clear()

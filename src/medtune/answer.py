@@ -89,13 +89,15 @@ class Answerer:
         return self.answer_many([(question, options)], explain, max_new_tokens)[0]
 
     @torch.no_grad()
-    def explain(self, example: MCQExample, index: int, max_new_tokens: int = 160) -> str:
-        """Greedy explanation continuing from '... Answer: B) <option>\\nExplanation:'."""
+    def explain(self, example: MCQExample, index: int, max_new_tokens: int = 160, **generate_options) -> str:
+        """Greedy explanation continuing from '... Answer: B) <option>\\nExplanation:'.
+
+        `generate_options` go to `model.generate` (a server passes a streamer and a stopping criterion)."""
         context = self.template.explanation_context(example, index)
         ids = self.tokenizer(context, add_special_tokens=self.template.add_special_tokens, return_tensors="pt")
         ids = ids.to(model_device(self.model))
         output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=pad_token_id(self.tokenizer))
+                                     pad_token_id=pad_token_id(self.tokenizer), **generate_options)
         return self.tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 

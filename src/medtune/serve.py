@@ -254,31 +254,20 @@ def _sse(event: str, data: dict) -> str:
 
 
 def _generate_streamed(answerer, example: MCQExample, index: int, max_new_tokens: int, streamer, stop) -> str:
-    """`Answerer.explain`'s greedy generation, with text sent to `streamer` as it comes and a switch that
-    ends it early; returns the whole text decoded at once, as `Answerer.explain` does."""
+    """`Answerer.explain`, with text sent to `streamer` as it comes and a switch that ends it early."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
-
-    from medtune.evaluate import model_device
-    from medtune.tokenization import pad_token_id
 
     class UntilStopped(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-    template, tokenizer = answerer.template, answerer.tokenizer
-    context = template.explanation_context(example, index)
-    ids = tokenizer(context, add_special_tokens=template.add_special_tokens, return_tensors="pt")
-    ids = ids.to(model_device(answerer.model))
     try:
-        with torch.no_grad():
-            output = answerer.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                             pad_token_id=pad_token_id(tokenizer), streamer=streamer,
-                                             stopping_criteria=StoppingCriteriaList([UntilStopped()]))
+        return answerer.explain(example, index, max_new_tokens, streamer=streamer,
+                                stopping_criteria=StoppingCriteriaList([UntilStopped()]))
     except BaseException:
         streamer.end()  # wake the reader, which would otherwise wait for text forever
         raise
-    return tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 def _key_check(expected: str):
