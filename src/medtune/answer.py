@@ -101,6 +101,30 @@ class Answerer:
         return self.tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def add_model_arguments(parser) -> None:
+    """The flags that choose what answers: a run directory or a base model, and where and how it runs.
+    Shared by `medtune eval`, `ask` and `serve`."""
+    parser.add_argument("run_dir", nargs="?", help="a finished training run (adapter + prompt + manifest)")
+    parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
+    parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
+                        help="with --model: the prompt style (default auto: the chat template if the model has one); "
+                             "with a run: 'harness' scores with lm-evaluation-harness's MedMCQA prompt instead")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow code from the model repository to run (only for repositories you trust)")
+
+
+def answerer_from_args(args) -> Answerer:
+    """The Answerer for `args.run_dir` or `args.model` (exactly one), as `add_model_arguments` parsed them."""
+    if bool(args.run_dir) == bool(args.model):
+        raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
+    if args.run_dir:
+        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format)
+    return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
+                               args.trust_remote_code)
+
+
 def _inference_dtype(requested: str, device: str) -> str:
     # Inference has no optimizer to protect: bf16 where the device supports it is the usual choice on GPUs.
     return select_dtype(requested, device).value

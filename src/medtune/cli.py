@@ -8,20 +8,9 @@ import sys
 from pathlib import Path
 
 from medtune import __version__
+from medtune.answer import add_model_arguments, answerer_from_args
 
 EPILOG = "Run 'medtune COMMAND --help' for a command's options. Docs: README.md."
-
-
-def _add_model_choice(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", nargs="?", help="a finished training run (adapter + prompt + manifest)")
-    parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
-    parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
-                        help="with --model: the prompt style (default auto: the chat template if the model has one); "
-                             "with a run: 'harness' scores with lm-evaluation-harness's MedMCQA prompt instead")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow code from the model repository to run (only for repositories you trust)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a model or run on labelled questions", epilog=EPILOG,
                                    description="Score each question by the answer letters' probabilities (one forward "
                                                "pass per question); write metrics.json and predictions.jsonl.")
-    _add_model_choice(evaluate)
+    add_model_arguments(evaluate)
     evaluate.add_argument("--data", required=True, help="Hub dataset id or local file")
     evaluate.add_argument("--split", default="validation", help="Hub split (default validation)")
     evaluate.add_argument("--limit", type=int, help="the first N valid questions")
@@ -77,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=16, help="generation length for --generative")
 
     ask = commands.add_parser("ask", help="answer one question with probabilities and an explanation", epilog=EPILOG)
-    _add_model_choice(ask)
+    add_model_arguments(ask)
     ask.add_argument("--question", required=True)
     ask.add_argument("--option", action="append", required=True, help="an answer option; give 2 to 5 times")
     ask.add_argument("--no-explain", action="store_true", help="skip generating the explanation")
@@ -132,23 +121,12 @@ def _run_train(args) -> int:
     return 0
 
 
-def _load_answerer(args):
-    from medtune.answer import Answerer
-
-    if bool(args.run_dir) == bool(args.model):
-        raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
-    if args.run_dir:
-        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format)
-    return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
-                               args.trust_remote_code)
-
-
 def _run_eval(args) -> int:
     from medtune.data import load_examples
 
     examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
                                      skip_invalid=args.skip_invalid, limit=args.limit)
-    answerer = _load_answerer(args)
+    answerer = answerer_from_args(args)
     metrics = run_evaluation(answerer, examples, Path(args.output), args.batch_size)
     metrics["data"] = report.to_dict()
     if args.generative:
@@ -187,7 +165,7 @@ def _write_metrics(output: Path, metrics: dict) -> None:
 
 
 def _run_ask(args) -> int:
-    answer = _load_answerer(args).answer(args.question, args.option, explain=not args.no_explain,
+    answer = answerer_from_args(args).answer(args.question, args.option, explain=not args.no_explain,
                                          max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated
 
 from medtune import __version__
+from medtune.answer import add_model_arguments, answerer_from_args
 from medtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, DataError, MCQExample, example_from_input
 from medtune.web.batching import Batcher
 
@@ -378,18 +379,10 @@ _LIMITS = [("max_batch_size", int, "questions scored in one forward pass"),
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `medtune serve` options."""
-    parser.add_argument("run_dir", nargs="?", help="a finished training run (adapter + prompt + manifest)")
-    parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
-    parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
-                        help="with --model: the prompt style (default auto); with a run: default its saved "
-                             "prompt, 'harness' scores with lm-evaluation-harness's instead")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow code from the model repository to run (only for repositories you trust)")
     parser.add_argument("--api-key", help="require this key on /v1/* (Authorization: Bearer KEY or "
                                           "X-API-Key); default $MEDTUNE_API_KEY, which stays out of `ps`")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -407,18 +400,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     cors_origins=tuple(args.cors_origin))
 
 
-def load_answerer(args: argparse.Namespace):
-    """The Answerer for a run directory or a base model (exactly one)."""
-    from medtune.answer import Answerer
-
-    if bool(args.run_dir) == bool(args.model):
-        raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
-    if args.run_dir:
-        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format)
-    return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
-                               args.trust_remote_code)
-
-
 def run(args: argparse.Namespace) -> int:
     """`medtune serve`: load the model first (a bad run or flag fails here, with a sentence), then serve."""
     if _MISSING_EXTRA is not None:
@@ -427,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = settings_from_args(args)
-    app = create_app(load_answerer(args), settings)
+    app = create_app(answerer_from_args(args), settings)
     if args.host not in LOOPBACK and not settings.api_key:
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", server_header=False)
