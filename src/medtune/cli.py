@@ -123,11 +123,13 @@ def _run_train(args) -> int:
 
 def _run_eval(args) -> int:
     from medtune.data import load_examples
+    from medtune.evaluate import evaluate_to_dir
+    from medtune.rundir import write_json
 
     examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
                                      skip_invalid=args.skip_invalid, limit=args.limit)
     answerer = answerer_from_args(args)
-    metrics = run_evaluation(answerer, examples, Path(args.output), args.batch_size)
+    metrics = evaluate_to_dir(answerer, examples, Path(args.output), args.batch_size)
     metrics["data"] = report.to_dict()
     if args.generative:
         from medtune.evaluate import evaluate_generative
@@ -137,31 +139,8 @@ def _run_eval(args) -> int:
         metrics["generative"] = generative
         with open(Path(args.output) / "generations.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(g) + "\n" for g in generations)
-    _write_metrics(Path(args.output), metrics)
+    write_json(Path(args.output) / "metrics.json", metrics)  # again, now with the data report
     return 0
-
-
-def run_evaluation(answerer, examples, output: Path, batch_size: int = 16) -> dict:
-    """Score `examples`, write predictions.jsonl and metrics.json under `output`, print a summary."""
-    from medtune.evaluate import evaluate
-
-    metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
-    metrics["model"] = answerer.description
-    output.mkdir(parents=True, exist_ok=True)
-    with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(p) + "\n" for p in predictions)
-    _write_metrics(output, metrics)
-    low, high = metrics["ci95"]
-    print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions; "
-          f"baselines: random {metrics['baselines']['random']:.3f}, always-{metrics['baselines']['majority_letter']} "
-          f"{metrics['baselines']['majority']:.3f}; {metrics['questions_per_second']} questions/s -> {output}")
-    return metrics
-
-
-def _write_metrics(output: Path, metrics: dict) -> None:
-    from medtune.rundir import write_json
-
-    write_json(output / "metrics.json", metrics)
 
 
 def _run_ask(args) -> int:

@@ -6,10 +6,12 @@ column), only that position's logits kept, restricted to the letter tokens. No f
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -157,3 +159,22 @@ def evaluate_generative(
                    unparseable_rate=unparseable / len(examples) if examples else 0.0, seconds=round(seconds, 3),
                    questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
     return metrics, predictions
+
+
+def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16) -> dict:
+    """Score `examples` with an `Answerer`'s model and prompt; write predictions.jsonl and metrics.json
+    under `output` and print a one-line summary. Used by `medtune eval` and the quickstart."""
+    from medtune.rundir import write_json
+
+    metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
+    metrics["model"] = answerer.description
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(p) + "\n" for p in predictions)
+    write_json(output / "metrics.json", metrics)
+    low, high = metrics["ci95"]
+    baselines = metrics["baselines"]
+    print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions; "
+          f"baselines: random {baselines['random']:.3f}, always-{baselines['majority_letter']} "
+          f"{baselines['majority']:.3f}; {metrics['questions_per_second']} questions/s -> {output}")
+    return metrics

@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 
 from medtune.answer import Answerer
-from medtune.cli import run_evaluation
 from medtune.config import QUICKSTART_MODEL, TrainConfig
 from medtune.data import DEFAULT_HUB_DATASET, load_examples
+from medtune.evaluate import evaluate_to_dir
 from medtune.modeling import hub_reachable
 from medtune.rundir import RunDir, write_json
 from medtune.train import train
@@ -63,7 +63,7 @@ def quickstart(output: Path, data: str | None = None, eval_data: str | None = No
     held_out, _ = load_examples(config.eval_data, split=config.eval_split, skip_invalid=True, limit=config.eval_limit)
 
     print(f"[medtune] 1/4 evaluating the base model on {len(held_out)} held-out questions")
-    before = run_evaluation(Answerer.from_model(config.model, "cpu", "fp32"), held_out, output / "eval-before")
+    before = evaluate_to_dir(Answerer.from_model(config.model, "cpu", "fp32"), held_out, output / "eval-before")
     run = RunDir(config.output)
     if run.is_run():
         print(f"[medtune] 2/4 {run.root} is already trained: reusing it (delete it to train again)")
@@ -72,7 +72,7 @@ def quickstart(output: Path, data: str | None = None, eval_data: str | None = No
         train(config)
     print("[medtune] 3/4 evaluating the fine-tuned model on the same questions")
     answerer = Answerer.from_run(run.root, "cpu", "fp32")
-    after = run_evaluation(answerer, held_out, output / "eval-after")
+    after = evaluate_to_dir(answerer, held_out, output / "eval-after")
     sample = held_out[0]
     print(f"[medtune] 4/4 answering a held-out question:\n  {sample.question}")
     answer = answerer.answer(sample.question, list(sample.options), explain=True, max_new_tokens=80)

@@ -69,7 +69,6 @@ class AnswerLoss(torch.nn.Module):
 
 @dataclass
 class _Data:
-    train: list[MCQExample]
     dev: list[MCQExample]
     encoded: list[Encoded]
     reports: dict
@@ -117,17 +116,16 @@ def _load_data(config: TrainConfig, tokenizer, template, log) -> _Data:
             log(f"warning: {overlap} training rows also appear in the evaluation data")
     train, dev = split_dev(train, config.dev_size, config.seed, exclude=held_out)
     letter_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=train[0])
-    encoded, kept = [], []
+    encoded = []
     for example in train:
         try:
             encoded.append(encode_example(tokenizer, template, example, letter_ids, config.max_seq_len))
-            kept.append(example)
         except PromptError:
             if not config.skip_invalid:
                 raise
             reports["train"]["skipped"]["too_long"] = reports["train"]["skipped"].get("too_long", 0) + 1
-    reports.update(train_rows=len(kept), dev_rows=len(dev), dev_ids=[e.id for e in dev])
-    return _Data(kept, dev, encoded, reports)
+    reports.update(train_rows=len(encoded), dev_rows=len(dev), dev_ids=[e.id for e in dev])
+    return _Data(dev, encoded, reports)
 
 
 def _save_checkpoint(run: RunDir, step: int, model, optimizer, best: dict) -> None:
