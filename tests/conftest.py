@@ -66,3 +66,16 @@ def smollm2() -> Path:
     from medtune.modeling import smollm2_from_wheel
 
     return smollm2_from_wheel()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_qwen3, tmp_path_factory) -> Path:
+    """A finished 2-step training run of the tiny Qwen3, for tests that need a run directory to serve."""
+    from medtune.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    data = write_jsonl(folder / "train.jsonl", [original_row(i, cop=i % 4) for i in range(6)])
+    run = folder / "run"
+    assert main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(run),
+                 "--max-steps", "2", "--quiet", "dev_size=2", "batch_size=2", "grad_accum=1"]) == 0
+    return run

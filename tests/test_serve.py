@@ -16,9 +16,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from schemathesis.checks import positive_data_acceptance
 
-from conftest import original_row, write_jsonl
 from medtune.answer import Answerer
-from medtune.cli import main
 from medtune.data import example_from_input
 from medtune.serve import Settings, add_arguments, create_app, settings_from_args
 
@@ -28,14 +26,9 @@ FAST = Settings(api_key=None, max_new_tokens=6)  # short explanations keep the t
 
 
 @pytest.fixture(scope="module")
-def answerer(tiny_qwen3, tmp_path_factory) -> Answerer:
-    folder = tmp_path_factory.mktemp("serve")
-    data = write_jsonl(folder / "train.jsonl", [original_row(i, cop=i % 4) for i in range(6)])
-    run = folder / "run"
-    assert main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(run),
-                 "--max-steps", "2", "--quiet", "dev_size=2", "batch_size=2", "grad_accum=1"]) == 0
+def answerer(tiny_run) -> Answerer:
     # fp32: batched scores then match one-at-a-time scores to ~1e-7; bf16 (auto on CPUs that have it) to ~2e-3
-    return Answerer.from_run(run, device="cpu", dtype="fp32")
+    return Answerer.from_run(tiny_run, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

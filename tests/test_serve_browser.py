@@ -11,9 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import original_row, write_jsonl
 from medtune.answer import Answerer
-from medtune.cli import main
 
 CHROMIUM = os.environ.get("MEDTUNE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -24,13 +22,8 @@ FIRST_EXAMPLE = ("Which nerve is injured in wrist drop?",  # the page's first ex
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_qwen3, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("browser")
-    data = write_jsonl(folder / "train.jsonl", [original_row(i, cop=i % 4) for i in range(6)])
-    run = folder / "run"
-    assert main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(run),
-                 "--max-steps", "2", "--quiet", "dev_size=2", "batch_size=2", "grad_accum=1"]) == 0
-    return run
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

