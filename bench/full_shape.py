@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import non_embedding_parameters, peak_matmul_flops, peak_rss_bytes  # noqa: E402
 
 from medtune.data import load_examples  # noqa: E402
+from medtune.device import select_attention  # noqa: E402
 from medtune.modeling import add_lora  # noqa: E402
 from medtune.prompts import template_for  # noqa: E402
 from medtune.tokenization import IGNORE, collate, encode_example, letter_token_ids  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--attention", default="auto", help="auto | eager | sdpa (auto: medtune's choice)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -44,7 +46,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(SHARED / "models" / "qwen3-tokenizer")
     torch.manual_seed(0)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    attention = select_attention(args.attention, "cpu")
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention.value)
     build_seconds = time.perf_counter() - started
     model = add_lora(model, 16, 32, 0.05, "all-linear")
     loss_module = AnswerLoss(model).train()
@@ -75,7 +78,7 @@ def main() -> None:
     head_flops = 4 * config.vocab_size * config.hidden_size * supervised
     result = {
         "shape": "Qwen3-1.7B (random weights)", "dtype": args.dtype, "batch_size": args.batch_size,
-        "max_seq_len": args.seq_len, "steps_timed": len(timings) - 1, "tokens": counted,
+        "max_seq_len": args.seq_len, "attention": attention.value, "steps_timed": len(timings) - 1, "tokens": counted,
         "seconds": round(seconds, 2), "tokens_per_second": round(counted / seconds, 1),
         "step_seconds": [round(t, 2) for t in timings], "non_embedding_params": n_params,
         "peak_matmul_flops": peak,

@@ -225,3 +225,17 @@ def test_inventory_lists_the_cpu_with_its_memory():
     cpu = hw.devices()[-1]
     assert cpu.kind == "cpu" and cpu.memory_bytes > 2**30 and cpu.bf16
     assert hw.attention_implementations("cpu")["sdpa"].value == "yes"
+
+
+def test_auto_attention_is_eager_on_the_cpu_and_sdpa_on_gpus():
+    assert hw.select_attention("auto", "cpu").value == "eager"
+    assert hw.select_attention("auto", "cuda:0").value == "sdpa"
+    assert hw.select_attention("auto", "mps").value == "sdpa"
+
+
+def test_explicit_attention_is_checked_against_what_can_run(no_gpu):
+    assert hw.select_attention("sdpa", "cpu") == hw.Choice("sdpa", "asked for")
+    with pytest.raises(hw.HardwareError, match="unknown attention 'flash'"):
+        hw.select_attention("flash", "cpu")
+    with pytest.raises(hw.HardwareError, match="'flash_attention_2' cannot run here"):
+        hw.select_attention("flash_attention_2", "cpu")

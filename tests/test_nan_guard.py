@@ -59,6 +59,24 @@ def test_repeated_nonfinite_steps_roll_back_and_step_down_to_fp32(tiny_qwen3, da
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and {r["dtype"] for r in records} == {"fp32"}
 
 
+def test_base_weights_follow_the_compute_dtype_and_adapters_stay_fp32(tiny_qwen3, data, tmp_path, monkeypatch):
+    # bf16 on the CPU: the frozen base is held in bf16 (no fp32 master copy); after the fall-back it is fp32.
+    seen = []
+    real_forward = AnswerLoss.forward
+
+    def forward(self, *args, **kwargs):
+        dtypes = {("lora" if "lora_" in name else "base"): p.dtype for name, p in self.model.named_parameters()
+                  if p.is_floating_point()}
+        seen.append((torch.is_autocast_enabled("cpu"), dtypes["base"], dtypes["lora"]))
+        loss_sum, n = real_forward(self, *args, **kwargs)
+        return (loss_sum * math.inf if torch.is_autocast_enabled("cpu") else loss_sum), n
+
+    monkeypatch.setattr(AnswerLoss, "forward", forward)
+    train(_config(tiny_qwen3, data, tmp_path / "run", dtype="bf16", nonfinite_patience=2), progress=False)
+    assert seen[0] == (True, torch.bfloat16, torch.float32)
+    assert seen[-1] == (False, torch.float32, torch.float32)
+
+
 def test_rollback_returns_to_the_last_checkpoint(tiny_qwen3, data, tmp_path, monkeypatch):
     bad_calls = {5, 6, 7}  # steps 5-7 (one micro-batch per step; the first 4 steps are fine)
     _inject(monkeypatch, lambda call: call in bad_calls)

@@ -132,10 +132,11 @@ def _saved_bytes_per_token(model, tokens: tuple[int, int], autocast: bool) -> in
     return sum(kept.values()) // n_tokens
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize(("method", "dtype", "weights", "dropout"), [
     ("lora", "fp32", "fp32", 0.0), ("lora", "fp32", "fp32", 0.05), ("lora", "bf16", "bf16", 0.0),
     ("lora", "bf16", "bf16", 0.05), ("lora", "bf16", "fp32", 0.05), ("full", "fp32", "fp32", 0.0)])
-def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, dropout):
+def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, dropout, attention):
     """The per-layer byte model equals what torch's saved-tensor hooks see (one layer = 2 layers - 1)."""
     from peft import LoraConfig, get_peft_model
 
@@ -143,14 +144,15 @@ def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, drop
     for layers in (1, 2):
         torch.manual_seed(0)
         config = _tiny_config(vocab_size=1000, num_hidden_layers=layers)
-        model = transformers.AutoModelForCausalLM.from_config(config).to(TORCH_DTYPES[weights])
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+        model = model.to(TORCH_DTYPES[weights])
         if method == "lora":
             model = get_peft_model(model, LoraConfig(r=16, lora_dropout=dropout, target_modules="all-linear"))
         model.train()
         measured.append(_saved_bytes_per_token(model, (2, 7), autocast=dtype != "fp32"))
     config.save_pretrained(tmp_path)
     inp = PlanInput(model=str(tmp_path), method=method, dtype=dtype, weights_dtype=weights,
-                    lora_dropout=dropout)
+                    lora_dropout=dropout, attention=attention, seq_len=7)
     shape = planner.model_shape(str(tmp_path), 16, planner.DEFAULT_TARGETS if method == "lora" else ())
     assert planner.layer_saved_bytes_per_token(shape, inp) == measured[1] - measured[0]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from medtune.data import LETTERS, MCQExample, example_from_input
-from medtune.device import select_device, select_dtype
+from medtune.device import select_attention, select_device, select_dtype
 from medtune.evaluate import choice_logprobs, model_device
 from medtune.modeling import load_adapter, load_base
 from medtune.prompts import PromptTemplate, template_for
@@ -40,14 +40,15 @@ class Answerer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                 prompt_format: str | None = None) -> Answerer:
+                 prompt_format: str | None = None, attention: str = "auto") -> Answerer:
         """The run's base model + adapter + saved prompt; refuses a base that differs from the trained one."""
         run = RunDir(run_dir).require_run()
         manifest = run.read_manifest()
         base = manifest["base_model"]
         chosen_device = select_device(device).value
         chosen_dtype = _inference_dtype(dtype, chosen_device)
-        model, tokenizer, info = load_base(base["id"], chosen_dtype, base.get("revision"))
+        model, tokenizer, info = load_base(base["id"], chosen_dtype, base.get("revision"),
+                                           attention=select_attention(attention, chosen_device).value)
         model = load_adapter(model, run.adapter, base["fingerprint"]).to(chosen_device)
         template = PromptTemplate.load(run.prompt)
         if prompt_format:
@@ -58,11 +59,12 @@ class Answerer:
 
     @classmethod
     def from_model(cls, source: str, device: str = "auto", dtype: str = "auto", prompt_format: str = "auto",
-                   trust_remote_code: bool = False) -> Answerer:
+                   trust_remote_code: bool = False, attention: str = "auto") -> Answerer:
         """A base model with no adapter; the prompt follows its chat template (or plain text)."""
         chosen_device = select_device(device).value
         chosen_dtype = _inference_dtype(dtype, chosen_device)
-        model, tokenizer, info = load_base(source, chosen_dtype, trust_remote_code=trust_remote_code)
+        model, tokenizer, info = load_base(source, chosen_dtype, trust_remote_code=trust_remote_code,
+                                           attention=select_attention(attention, chosen_device).value)
         template = template_for(tokenizer, prompt_format)
         description = {"base_model": source, "adapter": None, "dtype": chosen_dtype, "device": chosen_device,
                        "prompt_format": template.format}
@@ -108,6 +110,8 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
+    parser.add_argument("--attention", default="auto",
+                        help="auto | eager | sdpa | flash_attention_2 (default auto: eager on the CPU, sdpa on GPUs)")
     parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
                         help="with --model: the prompt style (default auto: the chat template if the model has one); "
                              "with a run: 'harness' scores with lm-evaluation-harness's MedMCQA prompt instead")
@@ -120,9 +124,9 @@ def answerer_from_args(args) -> Answerer:
     if bool(args.run_dir) == bool(args.model):
         raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
     if args.run_dir:
-        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format)
+        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format, args.attention)
     return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
-                               args.trust_remote_code)
+                               args.trust_remote_code, args.attention)
 
 
 def _inference_dtype(requested: str, device: str) -> str:

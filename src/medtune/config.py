@@ -52,6 +52,7 @@ class TrainConfig:
     cuda_visible_devices: str | None = None  # set before the first CUDA call; None leaves the environment alone
     hip_visible_devices: str | None = None  # the same, for AMD GPUs under ROCm
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    attention: str = "auto"  # auto | eager | sdpa | flash_attention_2; auto: eager on the CPU, sdpa on GPUs
     quantize: str = "auto"  # auto | none | 4bit | 8bit (QLoRA, bitsandbytes); auto: only when 16-bit does not fit
     trust_remote_code: bool = False  # runs code from the model repository: only for repositories you trust
     resume: bool = False

@@ -468,3 +468,19 @@ def attention_implementations(device: str) -> dict[str, Choice]:
         why = "flash_attn installed; " + ("the GPU supports it" if fits else "needs sm_80+ or MI200/MI300")
         usable["flash_attention_2"] = Choice("yes" if fits else "no", why)
     return usable
+
+
+def select_attention(requested: str, device: str) -> Choice:
+    """transformers' `attn_implementation` for this device: 'auto' takes plain attention on the CPU and torch's
+    fused SDPA elsewhere; a named one is refused where `attention_implementations` says it cannot run."""
+    if requested == "auto":
+        if device == "cpu":
+            return Choice("eager", "auto: on the CPU plain attention trains 1.2-1.3x faster than SDPA at MedMCQA "
+                                   "lengths (bench/README.md); it keeps the score matrix, which the memory plan counts")
+        return Choice("sdpa", f"auto: torch's fused scaled_dot_product_attention on {device}")
+    usable = attention_implementations(device)
+    if requested not in usable:
+        raise HardwareError(f"unknown attention {requested!r}; use auto, {', '.join(usable)}")
+    if usable[requested].value != "yes":
+        raise HardwareError(f"attention {requested!r} cannot run here: {usable[requested].reason}")
+    return Choice(requested, "asked for")

@@ -168,9 +168,10 @@ def _quantization_config(quantize: str, dtype: str):
 
 
 def load_base(source: str, dtype: str = "fp32", revision: str | None = None, trust_remote_code: bool = False,
-              quantize: str = "none", device: str = "cpu"):
+              quantize: str = "none", device: str = "cpu", attention: str | None = None):
     """(model, tokenizer, ModelInfo) with the model in `dtype`, in eval mode: on the CPU, or quantized
-    (`quantize` 4bit/8bit) straight onto `device`."""
+    (`quantize` 4bit/8bit) straight onto `device`. `attention` is transformers' attn_implementation
+    (`device.select_attention` chooses it); None keeps transformers' default."""
     from transformers import AutoModelForCausalLM
 
     kind, path, note = resolve(source)
@@ -191,6 +192,8 @@ def load_base(source: str, dtype: str = "fp32", revision: str | None = None, tru
             )
     except OSError as error:
         raise ModelError(f"cannot load model {source!r}: {error}") from error
+    if attention:
+        model.set_attn_implementation(attention)
     model.eval()
     commit = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
     info = ModelInfo(source, kind, path, commit or revision, weights_fingerprint(model), note)

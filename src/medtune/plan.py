@@ -23,7 +23,8 @@ import torch
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 CHOICES = {"method": ("full", "lora", "qlora"), "dtype": tuple(DTYPE_BYTES),
-           "optimizer": ("adamw", "adamw8bit", "sgd"), "device": ("cpu", "cuda")}
+           "optimizer": ("adamw", "adamw8bit", "sgd"), "device": ("cpu", "cuda"),
+           "attention": ("eager", "sdpa", "flash_attention_2")}
 MIB, GIB = 1 << 20, 1 << 30
 # NF4 packs 2 weights per byte plus one fp32 absmax per 64-weight block (bitsandbytes' default;
 # double quantization off, as in transformers' BitsAndBytesConfig).
@@ -60,7 +61,7 @@ class PlanInput:
     model: str  # Hub id, local model folder, or path to a config.json
     method: str = "lora"  # full | lora | qlora
     dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16 (16-bit runs under autocast, as in the trainer)
-    weights_dtype: str | None = None  # base weights' storage; None: `dtype` (the trainer uses fp32 on CPU)
+    weights_dtype: str | None = None  # base weights' storage; None: `dtype` (as the trainer loads them)
     batch_size: int = 4
     seq_len: int = 512
     gradient_checkpointing: bool = False
@@ -71,6 +72,7 @@ class PlanInput:
     supervised_fraction: float = 0.25  # share of positions with a label: logits exist only there
     device_memory_bytes: int | None = None
     device: str = "cpu"  # cpu | cuda: which runtime overhead and dropout mask apply
+    attention: str | None = None  # eager keeps the [seq, seq] scores; None: the trainer's choice for `device`
     gradient_accumulation_steps: int = 1  # no memory effect; keeps the effective batch in view
 
 
@@ -135,6 +137,7 @@ class MemoryPlan:
                 "gradient_checkpointing", "optimizer", "lora_r", "lora_dropout", "device",
                 "gradient_accumulation_steps")
         return {**{k: getattr(inp, k) for k in keys}, "weights_dtype": _weights_dtype(inp),
+                "attention": _attention(inp),
                 "params": {"total": self.total_params, "trainable": self.trainable_params,
                            "trainable_share": self.trainable_share},
                 "breakdown": self.breakdown(), "total_bytes": self.total,
@@ -229,12 +232,13 @@ def _optimizer_state_bytes(trainable: int, inp: PlanInput) -> int:
     return 2 * trainable if inp.optimizer == "adamw8bit" else 0
 
 
-def _shared_linear_inputs(shape: ModelShape, names: set[str]) -> int:
+def _shared_linear_inputs(shape: ModelShape, names: set[str], attention: str) -> int:
     """Elements per token of the distinct tensors feeding the Linears in `names`."""
     groups = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
               "o_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
     inputs = {groups.get(name, name): n_in for name, n_in in shape.linear_in if name in names}
-    inputs.pop("attn_out", None)  # SDPA already keeps its output; o_proj reads a view of it
+    if attention != "eager":
+        inputs.pop("attn_out", None)  # SDPA already keeps its output; o_proj reads a view of it
     return sum(inputs.values())
 
 
@@ -254,24 +258,31 @@ def _lora_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
         total += n_in * DROPOUT_MASK_BYTES[inp.device]
     if inp.lora_dropout > 0 or a != 4:
         return total + n_in * a
-    return total + _shared_linear_inputs(shape, {name for name, _ in adapted}) * a
+    return total + _shared_linear_inputs(shape, {name for name, _ in adapted}, _attention(inp)) * a
 
 
 def layer_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
     """Bytes one llama-style decoder layer keeps for backward, per token (tests check it against autograd).
 
-    SDPA keeps q, k, v, its output and a logsumexp per head, never the [seq, seq] score matrix.
+    SDPA keeps q, k, v, its output and a logsumexp per head, never the [seq, seq] score matrix. Eager
+    attention keeps q, k and v (repeated to every query head under grouped-query attention) and each
+    head's row of scores: softmax's fp32 output, plus its 16-bit cast under autocast.
     """
     a = DTYPE_BYTES[inp.dtype]
     h, q, kv, inter = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
     norms = 2 * (4 * h + 4)  # RMSNorm keeps an fp32 copy of its input and 1/rms per token
     qk_norms = 4 * (q + kv) + 4 * (shape.num_heads + shape.num_kv_heads) if shape.qk_norm else 0
-    attention = a * (2 * q + 2 * kv) + 4 * shape.num_heads
+    if _attention(inp) == "eager":
+        repeated = q if shape.num_kv_heads < shape.num_heads else kv
+        attention = a * (q + 2 * repeated) + shape.num_heads * inp.seq_len * (4 + (a if a != 4 else 0))
+    else:
+        attention = a * (2 * q + 2 * kv) + 4 * shape.num_heads
     mlp = 3 * a * inter  # gate, up and silu(gate): the elementwise ops' inputs
     total = norms + qk_norms + attention + mlp
     if inp.method == "full":  # weight gradients need every Linear's and norm's input as well
         norm_inputs = 2 * h + (q + kv if shape.qk_norm else 0)
-        return total + a * (norm_inputs + _shared_linear_inputs(shape, {n for n, _ in shape.linear_in}))
+        linears = {n for n, _ in shape.linear_in}
+        return total + a * (norm_inputs + _shared_linear_inputs(shape, linears, _attention(inp)))
     return total + _lora_saved_bytes_per_token(shape, inp)
 
 
@@ -324,7 +335,7 @@ def _runtime_overhead_bytes(shape: ModelShape, inp: PlanInput, parts: dict[str, 
 def _plan(inp: PlanInput) -> MemoryPlan:
     """The estimate without recommendations (the recommendation search calls this)."""
     for field, allowed in CHOICES.items():
-        if getattr(inp, field) not in allowed:
+        if getattr(inp, field) not in allowed and not (field == "attention" and inp.attention is None):
             raise ValueError(f"{field} must be one of {allowed}, not {getattr(inp, field)!r}.")
     lora = inp.method != "full"
     shape = model_shape(inp.model, inp.lora_r, tuple(inp.lora_target_modules) if lora else ())
@@ -425,9 +436,11 @@ def _memory_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def _trainer_weights_dtype(device: str) -> str | None:
-    """The trainer loads fp32 weights on CPU (autocasting to `dtype`) and `dtype` weights elsewhere."""
-    return "fp32" if device == "cpu" else None
+def _attention(inp: PlanInput) -> str:
+    """The attention implementation the estimate assumes: the one asked for, else the trainer's 'auto'."""
+    from medtune.device import select_attention
+
+    return inp.attention or select_attention("auto", inp.device).value
 
 
 def _read_run_file(path: Path, reader) -> dict:
@@ -482,7 +495,7 @@ def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) 
         optimizer=config.get("optimizer", "adamw"), lora_r=int(config.get("lora_r", 16)),
         lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
         lora_dropout=float(config.get("lora_dropout", 0.05)), device_memory_bytes=device_memory_bytes,
-        device=device, weights_dtype=_trainer_weights_dtype(device),
+        device=device, attention=manifest.get("attention"),
         **lengths)
 
 
@@ -498,8 +511,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--device-memory", type=_memory_arg, help="e.g. 80GiB, 24GB or bytes")
-    parser.add_argument("--device", choices=CHOICES["device"], default="cpu",
-                        help="runtime overhead; on cpu the trainer keeps fp32 weights")
+    parser.add_argument("--device", choices=CHOICES["device"], default="cpu", help="which runtime overhead applies")
+    parser.add_argument("--attention", choices=CHOICES["attention"],
+                        help="default: the trainer's choice for --device (eager on cpu, sdpa on cuda)")
     parser.add_argument("--from-run", metavar="RUN_DIR",
                         help="estimate a run's exact settings (other options ignored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -516,7 +530,7 @@ def run(args: argparse.Namespace) -> int:
                             gradient_checkpointing=args.gradient_checkpointing,
                             optimizer=args.optimizer, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
                             device_memory_bytes=args.device_memory, device=args.device,
-                            weights_dtype=_trainer_weights_dtype(args.device))
+                            attention=args.attention)
         else:
             raise ValueError("medtune plan needs --model or --from-run.")
         plan = estimate(inp)

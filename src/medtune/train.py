@@ -33,6 +33,7 @@ from medtune.device import (
     apply_visible_devices,
     backend,
     next_safer_dtype,
+    select_attention,
     select_device,
     select_dtype,
     select_quantization,
@@ -196,7 +197,7 @@ class _Precision:
     def step_down(self, model, to: str) -> None:
         """Continue in `to`: frozen base weights follow (LoRA weights are fp32 throughout)."""
         for parameter in model.parameters():
-            if not parameter.requires_grad and parameter.is_floating_point() and self.device_type != "cpu":
+            if not parameter.requires_grad and parameter.is_floating_point():
                 parameter.data = parameter.data.to(DTYPES[to])
         self._use(to)
 
@@ -241,9 +242,11 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
 
     seed_everything(config.seed, device.value)
     quantize = _choose_quantization(config, device.value, dtype.value)
-    # Base weights in 16 bits on GPUs (the frozen part needs no fp32 master copy); LoRA weights stay fp32.
-    model, tokenizer, info = load_base(config.model, "fp32" if device.value == "cpu" else dtype.value,
-                                       config.revision, config.trust_remote_code, quantize.value, device.value)
+    attention = select_attention(config.attention, device.value)
+    # Base weights in the compute dtype (the frozen part needs no fp32 master copy, and autocast then has no
+    # weights to cast); LoRA weights stay fp32.
+    model, tokenizer, info = load_base(config.model, dtype.value, config.revision, config.trust_remote_code,
+                                       quantize.value, device.value, attention.value)
     if quantize.value != "none":  # QLoRA: norms to fp32, inputs that need gradients for checkpointing
         from peft import prepare_model_for_kbit_training
 
@@ -257,7 +260,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     trainable, total = count_parameters(model)
     log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
-        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason})")
+        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason}); attention {attention.value}")
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -369,6 +372,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             "device": device.value, "device_reason": device.reason, "backend": backend(),
             "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
             "quantization": quantize.value, "quantization_reason": quantize.reason,
+            "attention": attention.value, "attention_reason": attention.reason,
             "processes": world,
             "base_model": info.to_dict(),
             "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
