@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import non_embedding_parameters, peak_matmul_flops  # noqa: E402
 
 from medtune.data import LETTERS, load_examples  # noqa: E402
+from medtune.device import select_attention  # noqa: E402
 from medtune.evaluate import evaluate  # noqa: E402
 from medtune.modeling import load_base  # noqa: E402
 from medtune.prompts import PromptTemplate  # noqa: E402
@@ -115,7 +116,8 @@ def main() -> None:
 
     examples, _ = load_examples(str(SHARED / "validation.jsonl"), limit=args.limit)
     torch_dtype = DTYPES[args.dtype]
-    model, tokenizer, _ = load_base(args.model, args.dtype)
+    # medtune's attention choice for the CPU (eager); the three systems share this one loaded model
+    model, tokenizer, _ = load_base(args.model, args.dtype, attention=select_attention("auto", "cpu").value)
     peak = peak_matmul_flops(torch_dtype)
     prompt_tokens = sum(len(encode_prompt(tokenizer, PromptTemplate(format="harness"), e)) for e in examples)
     n_params = non_embedding_parameters(model)

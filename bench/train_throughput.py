@@ -107,6 +107,7 @@ def run_medtune(args) -> dict:
             warmup_ratio=0.05, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
             lora_target_modules=LORA["targets"], dev_size=0, eval_every=0, save_every=0, device="cpu",
             dtype=args.dtype, skip_invalid=True, prompt_format=args.prompt_format,
+            gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
         )
         start = time.perf_counter()
         run = medtune_train(config, progress=False)
@@ -121,7 +122,8 @@ def run_medtune(args) -> dict:
     loop_seconds = manifest["training"]["seconds"]
     return _result("medtune", train, manifest["training"]["tokens_seen"], loop_seconds, loss, accuracy,
                    peak_rss_bytes(), non_embedding_parameters(base), args, answerer.tokenizer,
-                   wall_seconds=round(seconds, 2))
+                   wall_seconds=round(seconds, 2), attention=manifest["attention"],
+                   gradient_checkpointing=args.gradient_checkpointing, compile=args.compile)
 
 
 def _result(name, train, tokens, seconds, loss, accuracy, rss, n_params, args, tokenizer, **extra) -> dict:
@@ -150,6 +152,10 @@ def main() -> None:
     parser.add_argument("--prompt-format", default="harness", choices=["harness", "auto"],
                         help="medtune's prompt: 'harness' is the seed recipe's text exactly, so only the training "
                              "loops differ; 'auto' is medtune's default chat template")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="medtune with checkpointing too (the recipe always has it): memory for speed")
+    parser.add_argument("--compile", action="store_true",
+                        help="medtune with compile=true (torch.compile per decoder layer; compile time included)")
     parser.add_argument("--worker", choices=["seed", "medtune"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

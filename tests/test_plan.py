@@ -244,3 +244,17 @@ def test_cpu_overhead_has_no_heap_retention_for_mmapped_activations(tiny):
 def test_logits_count_three_fp32_copies_of_the_supervised_positions(tiny):
     plan = estimate(PlanInput(model=tiny, batch_size=2, seq_len=100, supervised_fraction=0.5))
     assert plan.logits == 3 * 100 * 151936 * 4
+
+
+def test_attention_defaults_to_the_trainers_choice_and_eager_keeps_the_scores(tiny):
+    cpu = estimate(PlanInput(model=tiny, device="cpu", seq_len=256))
+    gpu = estimate(PlanInput(model=tiny, device="cuda", seq_len=256))
+    assert cpu.to_dict()["attention"] == "eager" and gpu.to_dict()["attention"] == "sdpa"
+    eager = estimate(PlanInput(model=tiny, device="cpu", seq_len=256, attention="eager"))
+    sdpa = estimate(PlanInput(model=tiny, device="cpu", seq_len=256, attention="sdpa"))
+    assert cpu.activations == eager.activations
+    # Per token and layer, bf16: eager keeps q, and k and v repeated to all 4 heads (3 x 64 x 2 bytes), and
+    # 4 heads x 256 scores in fp32 plus their bf16 copy; SDPA keeps q, k, v and its output (2 x (2 x 64 +
+    # 2 x 32)) and an fp32 logsumexp per head. Over 4 x 256 tokens and 2 layers.
+    per_token = (3 * 64 * 2 + 4 * 256 * (4 + 2)) - (2 * (2 * 64 + 2 * 32) + 4 * 4)
+    assert eager.activations - sdpa.activations == per_token * 4 * 256 * 2

@@ -1,7 +1,7 @@
 """Training-memory planner (`medtune plan`): the bytes a LoRA/QLoRA/full fine-tune needs, before loading.
 
 Parameter counts are exact: the model is built on the `meta` device (no memory) and wrapped with PEFT
-LoRA there. Activations follow medtune's trainer (autocast when `dtype` is 16-bit, fp32 weights on CPU)
+LoRA there. Activations follow medtune's trainer (base weights in `dtype`, autocast when it is 16-bit)
 and were counted with torch's saved-tensor hooks; each term is a small function so that measured peaks
 can recalibrate one assumption at a time.
 """
@@ -289,7 +289,7 @@ def layer_saved_bytes_per_token(shape: ModelShape, inp: PlanInput) -> int:
 def _autocast_weight_copies(shape: ModelShape, inp: PlanInput) -> int:
     """16-bit copies of weights that autocast makes and autograd keeps, all layers together.
 
-    The fp32 adapters are always cast; fp32 base weights (the trainer's CPU setting) are too.
+    The fp32 adapters are always cast; fp32 base weights (`weights_dtype` fp32) would be too.
     """
     if inp.dtype == "fp32":
         return 0

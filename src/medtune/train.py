@@ -59,9 +59,10 @@ class AnswerLoss(torch.nn.Module):
         super().__init__()
         self.model = model  # a PeftModel
 
-    def forward(self, input_ids, attention_mask, labels):
+    def forward(self, input_ids, attention_mask, labels, position_ids=None):
         base = self.model.get_base_model()
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False)
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE
         logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])  # [n_supervised, vocab]
@@ -254,9 +255,13 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     template = template_for(tokenizer, config.prompt_format)
     data = _load_data(config, tokenizer, template, log)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated) to this
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same initial adapter
     model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    if config.compile:
+        compile_layers(model)
     trainable, total = count_parameters(model)
     log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
@@ -386,6 +391,17 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
         log(f"adapter saved: {run.adapter}")
     return run
+
+
+def compile_layers(model) -> None:
+    """torch.compile every decoder layer in place. The layers share their code, so one graph (with dynamic
+    sequence lengths) serves them all; it fuses the elementwise work between the matmuls."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel or not
+    layers = getattr(base.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError("compile=true needs a decoder with a `layers` list (Llama/Qwen/Mistral-style models)")
+    for layer in layers:
+        layer.compile(dynamic=True)
 
 
 def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, guard: dict, log):
