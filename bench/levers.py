@@ -4,13 +4,15 @@
     python bench/levers.py train --model MODEL --attention eager --micro 4 --pack
     python bench/levers.py score --model MODEL --attention eager --batch-size 16 --compile layers
     python bench/levers.py matmul --model MODEL --tokens 960
+    python bench/levers.py batchdiff --model MODEL --attention eager --questions 64
 
 `train` runs the seed-recipe-sized step of bench/train_throughput.py (LoRA r 8 on q_proj/v_proj, 16 questions
 per optimizer step, harness prompt, bf16 autocast, AnswerLoss), on consecutive rows of the train sample, and
 times steps after a warm-up step. `--pack` concatenates each micro-batch's rows into one row with restarting
 position ids (transformers then masks across rows), instead of padding. `score` times `choice_logprobs` on the
-first validation questions after a warm-up; `matmul` times bf16 GEMMs of one decoder layer's shapes. Each
-prints one JSON line; peak RSS is this process's.
+first validation questions after a warm-up; `matmul` times bf16 GEMMs of one decoder layer's shapes;
+`batchdiff` compares each question's probabilities scored in a batch with scored alone. Each prints one
+JSON line; peak RSS is this process's.
 """
 
 from __future__ import annotations
@@ -119,6 +121,19 @@ def run_score(args) -> dict:
             "peak_matmul_flops": round(peak)}
 
 
+def run_batchdiff(args) -> dict:
+    """How far a question's probabilities move when it is scored in a batch of `--batch-size` instead of alone."""
+    model, tokenizer = _load(args)
+    template = PromptTemplate(format="harness")
+    examples, _ = load_examples(str(SHARED / "validation.jsonl"), limit=args.questions)
+    batched = choice_logprobs(model, tokenizer, template, examples, args.batch_size).exp()
+    alone = torch.cat([choice_logprobs(model, tokenizer, template, [e], 1).exp() for e in examples])
+    moved = (batched - alone).abs().nan_to_num()
+    flipped = int((batched.argmax(-1) != alone.argmax(-1)).sum())
+    return {"max_abs_probability_change": round(moved.max().item(), 6),
+            "mean_abs_probability_change": round(moved[:, :4].mean().item(), 6), "letters_changed": flipped}
+
+
 def run_matmul(args) -> dict:
     """bf16 GEMM rate at one decoder layer's shapes ([tokens, in] x [in, out] for each Linear) against the
     square peak: the ceiling for MFU if nothing but the Linears took time."""
@@ -147,7 +162,7 @@ def run_matmul(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["train", "score", "matmul"])
+    parser.add_argument("what", choices=["train", "score", "matmul", "batchdiff"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--attention", default="eager", choices=["eager", "sdpa"])
     parser.add_argument("--base-dtype", default="bf16", choices=list(DTYPES), help="frozen weights' storage")
@@ -159,7 +174,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300, help="score: validation questions timed")
     parser.add_argument("--tokens", type=int, default=960, help="matmul: rows (16 prompts of ~60 tokens)")
     args = parser.parse_args()
-    result = {"train": run_train, "score": run_score, "matmul": run_matmul}[args.what](args)
+    result = {"train": run_train, "score": run_score, "matmul": run_matmul, "batchdiff": run_batchdiff}[args.what](args)
     settings = {k: v for k, v in vars(args).items() if k != "model"}
     print(json.dumps(settings | result | {"peak_rss_mib": round(peak_rss_bytes() / 2**20)}))
 
