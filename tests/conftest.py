@@ -18,6 +18,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def run_module_cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run a command module's `add_arguments` + `run` (doctor, plan) on `argv`: (exit code, stdout, stderr)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    code = module.run(parser.parse_args(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def original_row(i: int, cop: int = 0, **changes) -> dict:
     row = {"id": f"q{i}", "question": f"Question {i}?", "opa": f"alpha {i}", "opb": f"beta {i}",
            "opc": f"gamma {i}", "opd": f"delta {i}", "cop": cop, "choice_type": "single",

@@ -1,20 +1,16 @@
 """`medtune doctor` on this machine: the JSON keys and types, the text report's ending, the fallbacks."""
 
-import argparse
 import json
 
 import pytest
 
+from conftest import run_module_cli
 from medtune import doctor
 from medtune.device import Probe
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    code = doctor.run(parser.parse_args(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_module_cli(doctor, argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """medtune.plan: exact parameter counts on meta, the byte model checked against autograd, the CLI glue."""
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import run_module_cli
 from medtune import plan as planner
 from medtune.plan import PlanInput, estimate, recommend
 
@@ -158,11 +158,7 @@ def test_layer_saved_bytes_match_autograd(tmp_path, method, dtype, weights, drop
 
 
 def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    planner.add_arguments(parser)
-    code = planner.run(parser.parse_args(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_module_cli(planner, argv, capsys)
 
 
 def test_json_output_has_the_documented_keys(tiny, capsys):
