@@ -31,7 +31,7 @@ from common import non_embedding_parameters, peak_matmul_flops, peak_rss_bytes  
 
 from medtune.data import load_examples  # noqa: E402
 from medtune.evaluate import choice_logprobs  # noqa: E402
-from medtune.modeling import add_lora  # noqa: E402
+from medtune.modeling import add_lora, load_base  # noqa: E402
 from medtune.prompts import PromptTemplate  # noqa: E402
 from medtune.tokenization import (  # noqa: E402
     IGNORE,
@@ -44,15 +44,10 @@ from medtune.tokenization import (  # noqa: E402
 from medtune.train import AnswerLoss, compile_layers  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmcqa"
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _load(args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.base_dtype],
-                                                 attn_implementation=args.attention)
+    model, tokenizer, _ = load_base(args.model, args.base_dtype, attention=args.attention)
     return model, tokenizer
 
 
@@ -165,7 +160,7 @@ def main() -> None:
     parser.add_argument("what", choices=["train", "score", "matmul", "batchdiff"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--attention", default="eager", choices=["eager", "sdpa"])
-    parser.add_argument("--base-dtype", default="bf16", choices=list(DTYPES), help="frozen weights' storage")
+    parser.add_argument("--base-dtype", default="bf16", choices=["bf16", "fp32"], help="frozen weights' storage")
     parser.add_argument("--compile", default="none", choices=["none", "layers", "model"])
     parser.add_argument("--micro", type=int, default=4, help="train: rows per micro-batch (16 per step)")
     parser.add_argument("--pack", action="store_true", help="train: pack each micro-batch into one row")
