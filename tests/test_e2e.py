@@ -76,6 +76,16 @@ def test_eval_writes_metrics_and_predictions(trained, tmp_path):
     assert all(set(p) == {"id", "gold", "pred", "probs"} and p["pred"] in "ABCD" for p in lines)
 
 
+def test_eval_generative_writes_generations_and_one_metrics_file_with_everything(trained, tmp_path):
+    run, held_out, _ = trained
+    assert main(["eval", str(run), "--data", str(held_out), "--output", str(tmp_path), "--generative",
+                 "--max-new-tokens", "3"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["data"]["rows_loaded"] == 8 and metrics["generative"]["n"] == 8
+    generations = (tmp_path / "generations.jsonl").read_text().splitlines()
+    assert len(generations) == 8
+
+
 def test_adapter_reloads_to_identical_scores(trained, tmp_path, tiny_qwen3):
     from peft import PeftModel
 

@@ -124,22 +124,11 @@ def _run_train(args) -> int:
 def _run_eval(args) -> int:
     from medtune.data import load_examples
     from medtune.evaluate import evaluate_to_dir
-    from medtune.rundir import write_json
 
     examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
                                      skip_invalid=args.skip_invalid, limit=args.limit)
-    answerer = answerer_from_args(args)
-    metrics = evaluate_to_dir(answerer, examples, Path(args.output), args.batch_size)
-    metrics["data"] = report.to_dict()
-    if args.generative:
-        from medtune.evaluate import evaluate_generative
-
-        generative, generations = evaluate_generative(answerer.model, answerer.tokenizer, answerer.template,
-                                                      examples, args.max_new_tokens)
-        metrics["generative"] = generative
-        with open(Path(args.output) / "generations.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(g) + "\n" for g in generations)
-    write_json(Path(args.output) / "metrics.json", metrics)  # again, now with the data report
+    evaluate_to_dir(answerer_from_args(args), examples, Path(args.output), args.batch_size, data=report.to_dict(),
+                    generative_tokens=args.max_new_tokens if args.generative else None)
     return 0
 
 

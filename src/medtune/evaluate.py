@@ -161,9 +161,13 @@ def evaluate_generative(
     return metrics, predictions
 
 
-def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16) -> dict:
+def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16,
+                    data: dict | None = None, generative_tokens: int | None = None) -> dict:
     """Score `examples` with an `Answerer`'s model and prompt; write predictions.jsonl and metrics.json
-    under `output` and print a one-line summary. Used by `medtune eval` and the quickstart."""
+    under `output` and print a one-line summary. Used by `medtune eval` and the quickstart.
+
+    `data` (the data report) is stored in the metrics; with `generative_tokens`, `evaluate_generative` runs
+    too, its metrics go under "generative" and its texts to generations.jsonl."""
     from medtune.rundir import write_json
 
     metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
@@ -171,10 +175,17 @@ def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_si
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(p) + "\n" for p in predictions)
-    write_json(output / "metrics.json", metrics)
     low, high = metrics["ci95"]
     baselines = metrics["baselines"]
     print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions; "
           f"baselines: random {baselines['random']:.3f}, always-{baselines['majority_letter']} "
           f"{baselines['majority']:.3f}; {metrics['questions_per_second']} questions/s -> {output}")
+    if data is not None:
+        metrics["data"] = data
+    if generative_tokens:
+        metrics["generative"], generations = evaluate_generative(answerer.model, answerer.tokenizer,
+                                                                 answerer.template, examples, generative_tokens)
+        with open(output / "generations.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(g) + "\n" for g in generations)
+    write_json(output / "metrics.json", metrics)
     return metrics
