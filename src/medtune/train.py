@@ -242,8 +242,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             tqdm.write(f"[medtune] {message}")
 
     seed_everything(config.seed, device.value)
-    quantize = _choose_quantization(config, device.value, dtype.value)
     attention = select_attention(config.attention, device.value)
+    quantize = _choose_quantization(config, device.value, dtype.value, attention.value)
     # Base weights in the compute dtype (the frozen part needs no fp32 master copy, and autocast then has no
     # weights to cast); LoRA weights stay fp32.
     model, tokenizer, info = load_base(config.model, dtype.value, config.revision, config.trust_remote_code,
@@ -420,7 +420,7 @@ def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, g
     return good["step"], dict(good["best"])
 
 
-def _choose_quantization(config: TrainConfig, device: str, dtype: str) -> Choice:
+def _choose_quantization(config: TrainConfig, device: str, dtype: str, attention: str) -> Choice:
     """none/4bit/8bit: 'auto' asks the memory planner whether 16-bit LoRA fits this GPU first."""
     fits = None
     if config.quantize == "auto" and device.startswith("cuda"):
@@ -431,6 +431,7 @@ def _choose_quantization(config: TrainConfig, device: str, dtype: str) -> Choice
         fits = estimate(PlanInput(
             model=config.model, method="lora", dtype=dtype, batch_size=config.batch_size, seq_len=config.max_seq_len,
             gradient_checkpointing=config.gradient_checkpointing, lora_r=config.lora_r, device="cuda",
+            attention=attention,
             lora_target_modules=(targets,) if isinstance(targets, str) else tuple(targets),
             device_memory_bytes=memory)).fits
     return select_quantization(config.quantize, device, fits)
