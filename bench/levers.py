@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300, help="score: validation questions timed")
     parser.add_argument("--tokens", type=int, default=960, help="matmul: rows (16 prompts of ~60 tokens)")
     args = parser.parse_args()
+    if args.what == "train" and args.compile == "model":  # AnswerLoss calls the decoder, not model.forward
+        parser.error("--compile model applies to score only; use --compile layers for train")
     result = {"train": run_train, "score": run_score, "matmul": run_matmul, "batchdiff": run_batchdiff}[args.what](args)
     settings = {k: v for k, v in vars(args).items() if k != "model"}
     print(json.dumps(settings | result | {"peak_rss_mib": round(peak_rss_bytes() / 2**20)}))
