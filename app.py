@@ -26,7 +26,16 @@ def _loader():
     return lambda: Answerer.from_model(model, device, dtype)
 
 
-app = create_app(_loader(), Settings())
+def _warn_if_open(settings: Settings) -> None:
+    # A Space is public unless made private: without a key, anyone with its URL can use the model.
+    if not settings.api_key:
+        print("app.py: warning: serving on 0.0.0.0 with no API key: anyone who can reach this address can use "
+              "the model; set MEDTUNE_API_KEY (a Space secret) to require one", file=sys.stderr)
+
+
+settings = Settings()
+_warn_if_open(settings)
+app = create_app(_loader(), settings)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

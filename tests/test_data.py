@@ -1,9 +1,13 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import MEDMCQA, original_row, write_jsonl
-from medtune.data import DataError, MCQExample, example_from_input, load_examples, split_dev
+from medtune.config import load_config
+from medtune.data import DataError, MCQExample, dev_slice_size, example_from_input, load_examples, split_dev
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_original_schema_parses_to_literal_example(tmp_path):
@@ -124,11 +128,25 @@ def test_csv_error_names_its_line(tmp_path):
 
 
 def test_dev_slice_never_overlaps_excluded_rows():
-    examples = [MCQExample(f"q{i}", f"Q{i}", ("a", "b"), 0) for i in range(20)]
-    excluded = {examples[i].key() for i in range(15)}
+    examples = [MCQExample(f"q{i}", f"Q{i}", ("a", "b"), 0) for i in range(100)]
+    excluded = {examples[i].key() for i in range(95)}
     train, dev = split_dev(examples, dev_size=8, seed=0, exclude=excluded)
-    assert {e.id for e in dev} <= {f"q{i}" for i in range(15, 20)} and len(dev) == 5
-    assert len(train) + len(dev) == 20 and not {e.id for e in train} & {e.id for e in dev}
+    assert {e.id for e in dev} <= {f"q{i}" for i in range(95, 100)} and len(dev) == 5
+    assert len(train) + len(dev) == 100 and not {e.id for e in train} & {e.id for e in dev}
+
+
+def test_dev_slice_is_capped_at_a_tenth_of_the_rows():
+    # `train --limit 64` with the default dev_size 64 used to keep 63 rows for dev and train on 1
+    examples = [MCQExample(f"q{i}", f"Q{i}", ("a", "b"), 0) for i in range(64)]
+    train, dev = split_dev(examples, dev_size=64, seed=0)
+    assert (len(train), len(dev)) == (58, 6)
+    assert not {e.id for e in train} & {e.id for e in dev}
+
+
+@pytest.mark.parametrize(("rows", "dev_size", "expected"),
+                         [(64, 64, 6), (2190, 64, 64), (2190, 256, 219), (9, 64, 0), (1000, 0, 0)])
+def test_dev_slice_size_is_the_smaller_of_dev_size_and_a_tenth(rows, dev_size, expected):
+    assert dev_slice_size(rows, dev_size) == expected
 
 
 def test_user_input_with_duplicate_options_is_refused():
@@ -146,3 +164,71 @@ def test_hub_dataset_offline_fails_fast_with_a_sentence(monkeypatch):
     with pytest.raises(ConnectionError, match="Hub is not reachable .* Pass a local JSONL"):
         load_examples("openlifescienceai/medmcqa", split="validation")
     hub_reachable.cache_clear()
+
+
+def test_recipe_config_skips_and_counts_the_real_train_splits_invalid_rows():
+    config = load_config(str(ROOT / "configs" / "qwen3-1.7b-lora.yaml"))
+    examples, report = load_examples(str(MEDMCQA / "train-sample-original.jsonl"),
+                                     skip_invalid=config.skip_invalid, answer_base=config.answer_base)
+    assert (report.rows_read, len(examples), sum(report.skipped.values())) == (2190, 2179, 11)
+    assert report.skipped == {"empty_option": 11}
+
+
+def test_invalid_rows_do_not_vote_on_the_answer_base(tmp_path):
+    # a row with an empty option is rejected anyway: its 0 must not make the 1-based file 0-based
+    rows = [original_row(1, cop=1), original_row(2, cop=4), original_row(3, cop=2), original_row(4, cop=0, opa="")]
+    examples, report = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)), skip_invalid=True)
+    assert [e.answer for e in examples] == [0, 3, 1] and report.answer_base == 1
+    assert report.skipped == {"empty_option": 1}
+
+
+def test_out_of_range_answer_does_not_prove_one_based(tmp_path):
+    # 7 is out of range in either base for 4 options, so 1, 2, 3 remain ambiguous
+    rows = [original_row(1, cop=1), original_row(2, cop=2), original_row(3, cop=3), original_row(4, cop=7)]
+    with pytest.raises(DataError, match=r"values \[1, 2, 3\] fit both 0-based and 1-based"):
+        load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)), skip_invalid=True)
+
+
+def test_four_does_not_prove_one_based_in_five_option_rows(tmp_path):
+    rows = [original_row(i, cop=cop, ope=f"epsilon {i}") for i, cop in enumerate([1, 2, 4], start=1)]
+    with pytest.raises(DataError, match=r"values \[1, 2, 4\] fit both 0-based and 1-based"):
+        load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_five_proves_one_based_in_five_option_rows(tmp_path):
+    rows = [original_row(i, cop=cop, ope=f"epsilon {i}") for i, cop in enumerate([1, 5, 4], start=1)]
+    examples, report = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert [e.answer for e in examples] == [0, 4, 3] and report.answer_base == 1
+    assert "the value 5 occurs in 1 row(s) with 5 options" in report.answer_base_reason
+
+
+def test_zero_and_a_one_based_proof_together_are_refused(tmp_path):
+    rows = [original_row(1, cop=0), original_row(2, cop=4), original_row(3, cop=2)]
+    message = r"both a 0 \(1 row\(s\)\) and a 1-based-only value \(1 row\(s\) whose.*--answer-base"
+    with pytest.raises(DataError, match=message):
+        load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_integral_float_answers_are_accepted(tmp_path):
+    # pandas writes an integer column that has a null as floats: 2.0 in Parquet, "2.0" in CSV
+    rows = [original_row(1, cop=2.0), original_row(2, cop="3.0"), original_row(3, cop=0.0)]
+    examples, report = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert [e.answer for e in examples] == [2, 3, 0] and report.answer_base == 0
+
+
+def test_parquet_float_answer_column_with_a_null_loads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [original_row(1, cop=2.0), original_row(2, cop=None), original_row(3, cop=0.0)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    assert pa.Table.from_pylist(rows).schema.field("cop").type == pa.float64()
+    examples, _ = load_examples(str(tmp_path / "d.parquet"), require_answer=False)
+    assert [e.answer for e in examples] == [2, None, 0]
+
+
+@pytest.mark.parametrize("cop", [2.5, "2.5", "two", True, float("nan")])
+def test_non_integral_answer_is_refused(tmp_path, cop):
+    rows = [original_row(1, cop=0), original_row(2, cop=cop)]
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'cop': expected an integer"):
+        load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))

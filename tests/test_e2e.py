@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from conftest import original_row, write_jsonl
 from medtune.answer import Answerer
 from medtune.cli import main
-from medtune.data import load_examples
+from medtune.data import MCQExample, load_examples
 from medtune.evaluate import choice_logprobs
 from medtune.modeling import ModelError, load_adapter, load_base
 
@@ -36,7 +36,7 @@ def test_run_directory_is_complete_and_self_describing(trained):
     assert manifest["dtype"] == "fp32" and manifest["device"] == "cpu"
     assert manifest["prompt"] == {"format": "chat", "enable_thinking": False}
     assert manifest["data"]["train"]["sha256"] == load_examples(str(train_file))[1].sha256
-    assert manifest["data"]["train_rows"] == 20 and manifest["data"]["dev_rows"] == 4
+    assert manifest["data"]["train_rows"] == 22 and manifest["data"]["dev_rows"] == 2  # dev capped at 10%
     assert {"torch", "transformers", "peft", "accelerate"} <= set(manifest["versions"])
     share = manifest["parameters"]["trainable"] / manifest["parameters"]["total"]
     assert manifest["parameters"]["trainable_share"] == pytest.approx(share)
@@ -73,7 +73,7 @@ def test_eval_writes_metrics_and_predictions(trained, tmp_path):
     assert set(metrics["baselines"]) >= {"random", "majority"} and "confusion" in metrics
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in lines] == [f"q{100 + i}" for i in range(8)]
-    assert all(set(p) == {"id", "gold", "pred", "probs"} and p["pred"] in "ABCD" for p in lines)
+    assert all(set(p) == {"id", "gold", "pred", "probs"} and p["pred"] in {"A", "B", "C", "D"} for p in lines)
 
 
 def test_eval_generative_writes_generations_and_one_metrics_file_with_everything(trained, tmp_path):
@@ -106,10 +106,17 @@ def test_ask_prints_letter_probabilities_and_explanation(trained, capsys):
                  "--option", "Vitamin C", "--option", "Vitamin D", "--json", "--max-new-tokens", "5"])
     assert code == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert answer["answer"] in "ABC" and set(answer["probs"]) == {"A", "B", "C"}
+    assert answer["answer"] in {"A", "B", "C"} and set(answer["probs"]) == {"A", "B", "C"}
     assert sum(answer["probs"].values()) == pytest.approx(1.0)
     assert answer["answer"] == max(answer["probs"], key=answer["probs"].get)
-    assert isinstance(answer["explanation"], str)
+    # the explanation is greedy text continuing from the chosen answer line, generated here independently
+    answerer = Answerer.from_run(run, device="cpu")
+    example = MCQExample("q", "Which vitamin deficiency causes scurvy?", ("Vitamin A", "Vitamin C", "Vitamin D"))
+    context = answerer.template.explanation_context(example, "ABC".index(answer["answer"]))
+    ids = answerer.tokenizer(context, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    output = answerer.model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    expected = answerer.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert answer["explanation"] == expected
 
 
 def test_adapter_is_refused_on_a_different_base(trained, tmp_path):

@@ -4,9 +4,17 @@ import pytest
 import torch
 
 from medtune.data import MCQExample
-from medtune.evaluate import choice_logprobs, parse_strict_answer, summarize, wilson_interval
+from medtune.evaluate import (
+    choice_logprobs,
+    evaluate,
+    parse_strict_answer,
+    predicted_options,
+    summarize,
+    wilson_interval,
+)
 from medtune.modeling import load_base
 from medtune.prompts import template_for
+from medtune.tokenization import collate_prompts, encode_prompt, pad_token_id
 
 
 def test_wilson_interval_literal_values():
@@ -70,3 +78,38 @@ def test_scoring_reads_the_letter_logits_after_the_prompt(tiny):
     letters = [tokenizer.encode(f" {letter}", add_special_tokens=False)[0] for letter in "AB"]
     expected = torch.log_softmax(last[letters], dim=-1)
     assert torch.allclose(choice_logprobs(model, tokenizer, template, [example])[0, :2], expected, atol=1e-5)
+
+
+def _letter_ids(tokenizer, letters):
+    return [tokenizer.encode(f" {letter}", add_special_tokens=False)[0] for letter in letters]
+
+
+def test_letter_logits_are_computed_in_fp32_on_a_bf16_model(tiny_qwen3):
+    model, tokenizer, _ = load_base(str(tiny_qwen3), "bf16")
+    template = template_for(tokenizer)
+    example = _questions(1)[0]  # two options
+    batch = collate_prompts([encode_prompt(tokenizer, template, example)], pad_token_id(tokenizer))
+    with torch.no_grad():
+        hidden = model.model(**batch).last_hidden_state[0, -1].float()  # the bf16 model's final hidden state
+    rows = model.lm_head.weight[_letter_ids(tokenizer, "AB")].float()
+    expected = torch.log_softmax(rows @ hidden, dim=-1)  # the head in fp32, not rounded to bf16's 8 bits
+    assert torch.allclose(choice_logprobs(model, tokenizer, template, [example])[0, :2], expected, atol=1e-6)
+
+
+def test_top_option_ties_give_no_prediction():
+    examples = [MCQExample(str(i), "Q", ("a", "b", "c", "d"), 0) for i in range(3)]
+    logprobs = torch.tensor([[-1.0, -0.5, -0.5, -3.0], [-1.0, -0.5, -0.7, -3.0], [-0.5, -0.5, -2.0, -3.0]])
+    assert predicted_options(logprobs, examples) == [None, 1, None]
+
+
+def test_tied_letters_are_counted_wrong_not_given_to_a(tiny_qwen3):
+    """A model whose letter logits are all equal must not score 100% on questions whose answer is A."""
+    model, tokenizer, _ = load_base(str(tiny_qwen3))
+    ids = _letter_ids(tokenizer, "ABCD")
+    with torch.no_grad():
+        model.lm_head.weight[ids[1:]] = model.lm_head.weight[ids[0]].clone()  # tied: every letter scores alike
+    examples = [MCQExample(str(i), f"Which {i}?", ("w", "x", "y", "z"), 0) for i in range(4)]
+    metrics, predictions = evaluate(model, tokenizer, template_for(tokenizer), examples, progress=False)
+    assert metrics["ties"] == 4 and metrics["accuracy"] == 0.0 and metrics["correct"] == 0
+    assert [p["pred"] for p in predictions] == [None] * 4
+    assert metrics["confusion"] == {"A": {"tie": 4}}

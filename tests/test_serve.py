@@ -2,21 +2,26 @@
 queue is bounded, a client that leaves frees its slot, and 50 concurrent clients are all answered right."""
 
 import asyncio
+import importlib.util
 import json
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import hypothesis
 import pytest
 import schemathesis
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from schemathesis.checks import positive_data_acceptance
 
+from conftest import original_row, write_jsonl
 from medtune.answer import Answerer
+from medtune.config import TrainConfig
 from medtune.data import example_from_input
 from medtune.serve import Settings, add_arguments, create_app, settings_from_args
 
@@ -56,6 +61,53 @@ class Gate:
         assert self.opened.wait(30), "the test never opened the gate"
         self.scored += [example.question for example in examples]
         return self.answerer.score(examples)
+
+
+class Held:
+    """An Answerer whose explanations wait until the test opens the gate; it records every model call in order."""
+
+    def __init__(self, answerer: Answerer):
+        self.answerer, self.calls = answerer, []
+        self.explaining, self.opened = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.answerer, name)
+
+    def score(self, examples):
+        self.calls.append(("score", [example.question for example in examples]))
+        return self.answerer.score(examples)
+
+    def explain(self, example, index, max_new_tokens=160, **options):
+        self.calls.append(("explain", example.question))
+        self.explaining.set()
+        assert self.opened.wait(30), "the test never opened the gate"
+        return self.answerer.explain(example, index, max_new_tokens, **options)
+
+
+class Endless:
+    """An Answerer whose explanation goes on for 30 s, a step every 10 ms, unless its stopping criteria end it
+    (as `model.generate` checks them after each token). `stopped_after` is how long it ran once stopped."""
+
+    def __init__(self, answerer: Answerer):
+        self.answerer, self.stopped_after = answerer, None
+
+    def __getattr__(self, name):
+        return getattr(self.answerer, name)
+
+    def explain(self, example, index, max_new_tokens=160, stopping_criteria=None, streamer=None):
+        started, ids = time.monotonic(), torch.zeros((1, 1), dtype=torch.long)
+        if streamer is not None:
+            streamer.put(ids[0])  # the prompt, which the server's streamer skips
+        for _ in range(3000):
+            time.sleep(0.01)
+            if streamer is not None:
+                streamer.put(torch.tensor([self.tokenizer.encode(" word")[0]]))
+            if stopping_criteria is not None and bool(stopping_criteria(ids, None).all()):
+                self.stopped_after = time.monotonic() - started
+                break
+        if streamer is not None:
+            streamer.end()
+        return "endless"
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -134,8 +186,10 @@ def test_stream_sends_answer_tokens_and_the_same_explanation(client, answerer):
 
 def test_model_route_describes_the_run_without_server_paths(client, tiny_qwen3):
     body = client.get("/v1/model").json()
-    assert body == {"base_model": tiny_qwen3.name, "adapter": "run", "dtype": "fp32", "device": "cpu",
-                    "prompt_format": "chat"}
+    expected = {"base_model": tiny_qwen3.name, "adapter": "run", "dtype": "fp32", "device": "cpu",
+                "prompt_format": "chat"}
+    assert {key: body.get(key) for key in expected} == expected
+    assert not any(str(value).startswith("/") or str(tiny_qwen3) in str(value) for value in body.values()), body
 
 
 def test_healthz_is_ok_once_loaded(client):
@@ -169,6 +223,32 @@ def test_page_shows_the_research_notice_and_loads_nothing_from_the_network(clien
 def test_openapi_documents_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/answer", "/v1/answer/batch", "/v1/answer/stream", "/v1/model", "/healthz"} <= set(paths)
+
+
+def test_docs_pages_that_load_scripts_from_a_cdn_are_off_and_openapi_stays(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_model_trained_on_one_letter_is_served_that_letter(tiny_qwen3, tmp_path):
+    """A known answer that does not come from `Answerer`: every training row's answer is C, so a model that
+    memorized them must be served C with high probability; a random 2-layer model gives each letter ~1/4."""
+    rows = [original_row(i, cop=2, exp=None) for i in range(8)]
+    data = write_jsonl(tmp_path / "all-c.jsonl", rows)
+    config = TrainConfig(model=str(tiny_qwen3), data=str(data), output=str(tmp_path / "run"), dev_size=0,
+                         max_steps=40, batch_size=4, grad_accum=1, learning_rate=1e-2, lora_dropout=0.0,
+                         warmup_ratio=0.1, eval_every=0, save_every=0, answer_base=0)
+    from medtune.train import train
+
+    train(config, progress=False)
+    app = create_app(lambda: Answerer.from_run(tmp_path / "run", device="cpu", dtype="fp32"), FAST)
+    with TestClient(app) as test_client:
+        wait_until(lambda: test_client.get("/healthz").status_code == 200, 60)
+        for row in rows:
+            question = {"question": row["question"], "options": [row[k] for k in ("opa", "opb", "opc", "opd")],
+                        "explain": False}
+            body = test_client.post("/v1/answer", json=question).json()
+            assert body["answer"] == "C" and body["probs"]["C"] > 0.9, body
 
 
 # ------------------------------------------------------------------ bad input
@@ -246,6 +326,30 @@ def test_api_key_is_required_when_set(answerer):
         assert test_client.get("/healthz").status_code == 200 and test_client.get("/").status_code == 200
 
 
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+def load_space_app(monkeypatch, **environment) -> None:
+    """Import app.py (the Space entry point) as the platform would; the model loads only when it serves."""
+    for name in ("MEDTUNE_API_KEY", "MEDTUNE_RUN_DIR", "MEDTUNE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("medtune_space_app", APP)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_space_entry_point_warns_when_no_api_key_is_set(monkeypatch, capsys, tiny_run):
+    load_space_app(monkeypatch, MEDTUNE_RUN_DIR=str(tiny_run))
+    warning = capsys.readouterr().err
+    assert "MEDTUNE_API_KEY" in warning and "0.0.0.0" in warning, warning
+
+
+def test_space_entry_point_is_quiet_when_a_key_is_set(monkeypatch, capsys, tiny_run):
+    load_space_app(monkeypatch, MEDTUNE_RUN_DIR=str(tiny_run), MEDTUNE_API_KEY="s3cret")
+    assert "MEDTUNE_API_KEY" not in capsys.readouterr().err
+
+
 def test_api_key_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MEDTUNE_API_KEY", "from-env")
     assert Settings().api_key == "from-env" and "from-env" not in repr(Settings())
@@ -267,9 +371,11 @@ def test_cli_flags_are_documented_and_become_settings():
     add_arguments(parser)
     assert all(action.help for action in parser._actions)
     args = parser.parse_args(["run", "--max-queue", "3", "--max-question-chars", "99", "--api-key", "k",
-                              "--cors-origin", "https://a", "--cors-origin", "https://b"])
+                              "--cors-origin", "https://a", "--cors-origin", "https://b",
+                              "--request-timeout", "2.5", "--max-explanations", "3"])
     settings = settings_from_args(args)
     assert (settings.max_queue, settings.max_question_chars, settings.api_key) == (3, 99, "k")
+    assert (settings.request_timeout, settings.max_explanations) == (2.5, 3)
     assert settings.cors_origins == ("https://a", "https://b")
     assert (args.host, args.port) == ("127.0.0.1", 8000)
 
@@ -332,6 +438,127 @@ def test_a_client_that_hangs_up_frees_its_slot(answerer):
             thread.join(30)
     assert outcomes == {"Who holds the model?": 200, "Who hangs up?": "hung up", "Who comes late?": 200}
     assert gate.scored == ["Who holds the model?", "Who comes late?"]
+
+
+def test_streamed_explanations_count_against_the_queue_bound(answerer):
+    """Explanations are held; 4 waves of 3 streams arrive. One explanation may run and 3 questions may wait (the
+    bound), so 4 streams are admitted and 8 refused, however the waves fall against the batches."""
+    held = Held(answerer)
+    app = create_app(held, Settings(api_key=None, max_queue=3, max_batch_size=3, max_wait_ms=500,
+                                    max_new_tokens=4))
+    streamed = {**QUESTION, "explain": True}
+
+    async def scenario():
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http:
+            calls = []
+            for _ in range(4):
+                calls += [asyncio.create_task(http.post("/v1/answer/stream", json=streamed)) for _ in range(3)]
+                await asyncio.sleep(0.3)
+            deadline = time.monotonic() + 10
+            refused = []
+            while len(refused) < 8 and time.monotonic() < deadline:
+                refused = [c for c in calls if c.done() and c.result().status_code == 503]
+                await asyncio.sleep(0.05)
+            held.opened.set()
+            return len(refused), await asyncio.gather(*calls)
+
+    refused, responses = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert refused == 8, [response.status_code for response in responses]
+    assert sorted(response.status_code for response in responses) == [200] * 4 + [503] * 8
+    for response in responses:
+        if response.status_code == 200:
+            assert response.text.rstrip().split("\n\n")[-1].startswith("event: done")
+
+
+def explained_batch(name: str, n: int) -> dict:
+    return {"questions": [{**QUESTION, "question": f"{name}{i}?"} for i in range(n)]}
+
+
+def test_explanations_take_turns_and_never_hold_up_scoring(answerer):
+    """A asks 4 explanations; while the model explains A0, B asks 2 and C asks for a score only. C is scored
+    right after A0 (with B's questions), then the requests take turns: B0 before A1."""
+    held = Held(answerer)
+    app = create_app(held, Settings(api_key=None, max_new_tokens=2, max_wait_ms=0))
+    queue = app.state.batcher.queue
+
+    async def scenario():
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http:
+            a = asyncio.create_task(http.post("/v1/answer/batch", json=explained_batch("A", 4)))
+            await asyncio.to_thread(held.explaining.wait, 10)
+            b = asyncio.create_task(http.post("/v1/answer/batch", json=explained_batch("B", 2)))
+            c = asyncio.create_task(_post(http, {**QUESTION, "question": "C?", "explain": False}))
+            while len(queue) < 3 + 2 + 1:  # A's three explanations to come, B's two questions and C
+                await asyncio.sleep(0.01)
+            held.opened.set()
+            return await asyncio.gather(a, b, c)
+
+    responses = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert held.calls[:3] == [("score", ["A0?", "A1?", "A2?", "A3?"]), ("explain", "A0?"),
+                              ("score", ["B0?", "B1?", "C?"])]
+    assert [q for kind, q in held.calls if kind == "explain"] == ["A0?", "B0?", "A1?", "B1?", "A2?", "A3?"]
+
+
+def test_a_request_may_ask_for_at_most_max_explanations(answerer):
+    with TestClient(create_app(answerer, Settings(api_key=None, max_explanations=2, max_new_tokens=2))) as http:
+        refused = http.post("/v1/answer/batch", json=explained_batch("Q", 3))
+        assert_polite(refused, 422, "'questions'")
+        assert "3 ask for an explanation" in refused.json()["detail"] and "at most 2" in refused.json()["detail"]
+        two = explained_batch("Q", 3)
+        two["questions"][2]["explain"] = False
+        assert http.post("/v1/answer/batch", json=two).status_code == 200
+
+
+def test_a_request_past_its_deadline_gets_504_and_its_waiting_work_is_dropped(answerer):
+    gate = Gate(answerer)
+    app = create_app(gate, Settings(api_key=None, max_batch_size=1, max_wait_ms=0, request_timeout=0.5))
+    queue = app.state.batcher.queue
+
+    async def scenario():
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http:
+            first = asyncio.create_task(_post(http, {**QUESTION, "question": "Who holds the model?"}))
+            await asyncio.to_thread(gate.entered.wait, 10)
+            second = await _post(http, {**QUESTION, "question": "Who waits?"})  # its deadline passes in the queue
+            left_in_queue = len(queue)
+            gate.opened.set()
+            after = await _post(http, {**QUESTION, "question": "Who comes after?", "explain": False})
+            return await first, second, left_in_queue, after
+
+    first, second, left_in_queue, after = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert_polite(second, 504, "0.5 s")
+    assert "--request-timeout" in second.json()["detail"]
+    assert first.status_code == 504 and left_in_queue == 0
+    assert after.status_code == 200
+    assert gate.scored == ["Who holds the model?", "Who comes after?"]  # the dropped question never ran
+
+
+def test_a_generation_past_its_deadline_is_stopped_not_left_running(answerer):
+    endless = Endless(answerer)
+    settings = Settings(api_key=None, request_timeout=1.0, max_new_tokens=4)
+    with TestClient(create_app(endless, settings)) as http:
+        started = time.monotonic()
+        response = http.post("/v1/answer", json=QUESTION)
+        assert_polite(response, 504, "1 s")
+        assert time.monotonic() - started < 5
+        wait_until(lambda: endless.stopped_after is not None, 10)
+        assert endless.stopped_after < 3  # stopped near its deadline, not after its 30 s
+        assert http.post("/v1/answer", json={**QUESTION, "explain": False}).status_code == 200
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_and_its_generation_stops(answerer):
+    endless = Endless(answerer)
+    settings = Settings(api_key=None, request_timeout=1.0, max_new_tokens=4)
+    with TestClient(create_app(endless, settings)) as http:
+        text = http.post("/v1/answer/stream", json=QUESTION).text
+        blocks = text.strip().split("\n\n")
+        assert blocks[0].startswith("event: answer") and blocks[1].startswith("event: token")
+        name, data = blocks[-1].split("\n")
+        assert name == "event: error" and "took longer than 1 s" in json.loads(data.removeprefix("data: "))["detail"]
+        wait_until(lambda: endless.stopped_after is not None, 10)
+        assert endless.stopped_after < 3
 
 
 def clear_winners(answerer: Answerer, n: int) -> list[tuple[dict, dict]]:

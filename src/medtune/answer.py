@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from medtune.data import LETTERS, MCQExample, example_from_input
-from medtune.device import select_attention, select_device, select_dtype
+from medtune.device import select_attention, select_device, select_dtype, select_quantization
 from medtune.evaluate import choice_logprobs, model_device
-from medtune.modeling import load_adapter, load_base
+from medtune.modeling import check_adapter_file, load_adapter, load_base
 from medtune.prompts import PromptTemplate, template_for
 from medtune.rundir import RunDir
 from medtune.tokenization import pad_token_id
@@ -40,35 +40,52 @@ class Answerer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                 prompt_format: str | None = None, attention: str = "auto") -> Answerer:
-        """The run's base model + adapter + saved prompt; refuses a base that differs from the trained one."""
+                 prompt_format: str | None = None, attention: str = "auto",
+                 trust_remote_code: bool = False, quantize: str | None = None) -> Answerer:
+        """The run's base model + adapter + saved prompt; refuses a base that differs from the trained one.
+
+        `prompt_format` None or "auto" is the run's saved prompt; "harness" swaps in lm-evaluation-harness's
+        prompt (recorded in the description); any other format is refused (`_run_prompt`). `quantize` None
+        loads the base the way it was trained (a QLoRA run: 4-bit); none/4bit/8bit asks for that load instead --
+        the base fingerprint names the checkpoint, not its load, so each of them accepts the adapter."""
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"run folder {run_dir} does not exist; give the --output folder of a "
+                                    "`medtune train` run")
         run = RunDir(run_dir).require_run()
         manifest = run.read_manifest()
         base = manifest["base_model"]
+        template, prompt = _run_prompt(PromptTemplate.load(run.prompt), prompt_format)
         chosen_device = select_device(device).value
-        chosen_dtype = _inference_dtype(dtype, chosen_device)
+        chosen_dtype, dtype_reason = _inference_dtype(dtype, chosen_device)
+        check_adapter_file(run.adapter)  # before loading the base: a missing adapter fails in a moment
+        trained = base.get("quantization") or manifest.get("quantization") or "none"
+        quantization = select_quantization(quantize or trained, chosen_device).value
         model, tokenizer, info = load_base(base["id"], chosen_dtype, base.get("revision"),
-                                           attention=select_attention(attention, chosen_device).value)
-        model = load_adapter(model, run.adapter, base["fingerprint"]).to(chosen_device)
-        template = PromptTemplate.load(run.prompt)
-        if prompt_format:
-            template = template.with_format(prompt_format)
+                                           trust_remote_code=trust_remote_code, quantize=quantization,
+                                           device=chosen_device,
+                                           attention=select_attention(attention, chosen_device, chosen_dtype).value)
+        model = load_adapter(model, run.adapter, base["fingerprint"])
+        model = model if quantization != "none" else model.to(chosen_device)  # bitsandbytes placed it already
         description = {"base_model": base["id"], "adapter": str(run.adapter), "dtype": chosen_dtype,
-                       "device": chosen_device, "prompt_format": template.format}
+                       "dtype_reason": dtype_reason, "device": chosen_device, "prompt_format": template.format,
+                       "prompt": prompt, "quantization": quantization, "trained_quantization": trained}
         return cls(model, tokenizer, template, description)
 
     @classmethod
     def from_model(cls, source: str, device: str = "auto", dtype: str = "auto", prompt_format: str = "auto",
-                   trust_remote_code: bool = False, attention: str = "auto") -> Answerer:
-        """A base model with no adapter; the prompt follows its chat template (or plain text)."""
+                   trust_remote_code: bool = False, attention: str = "auto", quantize: str = "none") -> Answerer:
+        """A base model with no adapter; the prompt follows its chat template (or plain text). `quantize`
+        4bit/8bit loads it through bitsandbytes (where device.select_quantization says it works)."""
         chosen_device = select_device(device).value
-        chosen_dtype = _inference_dtype(dtype, chosen_device)
+        chosen_dtype, dtype_reason = _inference_dtype(dtype, chosen_device)
+        quantization = select_quantization(quantize or "none", chosen_device).value
         model, tokenizer, info = load_base(source, chosen_dtype, trust_remote_code=trust_remote_code,
-                                           attention=select_attention(attention, chosen_device).value)
+                                           quantize=quantization, device=chosen_device,
+                                           attention=select_attention(attention, chosen_device, chosen_dtype).value)
         template = template_for(tokenizer, prompt_format)
-        description = {"base_model": source, "adapter": None, "dtype": chosen_dtype, "device": chosen_device,
-                       "prompt_format": template.format}
-        return cls(model.to(chosen_device), tokenizer, template, description)
+        description = {"base_model": source, "adapter": None, "dtype": chosen_dtype, "dtype_reason": dtype_reason,
+                       "device": chosen_device, "prompt_format": template.format, "quantization": quantization}
+        return cls(model if quantization != "none" else model.to(chosen_device), tokenizer, template, description)
 
     def score(self, examples: list[MCQExample]) -> list[dict[str, float]]:
         """Option probabilities per example, exactly as `medtune eval` computes them."""
@@ -109,14 +126,20 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("run_dir", nargs="?", help="a finished training run (adapter + prompt + manifest)")
     parser.add_argument("--model", help="a base model instead of a run: Hub id, local folder or .gguf file")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto | bf16 | fp16 | fp32 (default auto: fp32 on the CPU, bf16 (else fp16) on GPUs; "
+                             "the letter scores are computed in fp32 in every dtype)")
     parser.add_argument("--attention", default="auto",
                         help="auto | eager | sdpa | flash_attention_2 (default auto: eager on the CPU, sdpa on GPUs)")
     parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
                         help="with --model: the prompt style (default auto: the chat template if the model has one); "
-                             "with a run: 'harness' scores with lm-evaluation-harness's MedMCQA prompt instead")
+                             "with a run: auto (the run's saved prompt, the default) or 'harness' "
+                             "(lm-evaluation-harness's MedMCQA prompt instead, recorded in the results)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow code from the model repository to run (only for repositories you trust)")
+    parser.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=None,
+                        help="load the base through bitsandbytes (default: a run's base as it was trained, 4-bit for "
+                             "a QLoRA run; a --model unquantized); 'none' puts a QLoRA adapter on a 16-bit base")
 
 
 def answerer_from_args(args) -> Answerer:
@@ -124,11 +147,32 @@ def answerer_from_args(args) -> Answerer:
     if bool(args.run_dir) == bool(args.model):
         raise ValueError("give either a RUN_DIR or --model MODEL (exactly one)")
     if args.run_dir:
-        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format, args.attention)
+        return Answerer.from_run(args.run_dir, args.device, args.dtype, args.prompt_format, args.attention,
+                                 args.trust_remote_code, getattr(args, "quantize", None))
     return Answerer.from_model(args.model, args.device, args.dtype, args.prompt_format or "auto",
-                               args.trust_remote_code, args.attention)
+                               args.trust_remote_code, args.attention, getattr(args, "quantize", None) or "none")
 
 
-def _inference_dtype(requested: str, device: str) -> str:
-    # Inference has no optimizer to protect: bf16 where the device supports it is the usual choice on GPUs.
-    return select_dtype(requested, device).value
+def _inference_dtype(requested: str, device: str) -> tuple[str, str]:
+    """(dtype, reason) for eval, ask, serve and the quickstart alike. The rule for 'auto': fp32 on the CPU,
+    else the device's training choice (bf16 where supported, else fp16, on GPUs; fp32 on MPS).
+
+    Why: on the CPU, memory is rarely what limits inference of a small model, and fp32 gives the same
+    probabilities whatever batch a question shares; on a GPU, 16-bit weights halve memory and run several
+    times faster. The answer letters' logits are computed in fp32 in every dtype (`evaluate.letter_logits`)."""
+    if requested == "auto" and device == "cpu":
+        return "fp32", "auto: fp32 on the CPU, where 16-bit saves little at inference and fp32 is batch-exact"
+    choice = select_dtype(requested, device)
+    return choice.value, choice.reason
+
+
+def _run_prompt(template: PromptTemplate, prompt_format: str | None) -> tuple[PromptTemplate, str]:
+    """The run's saved prompt, or lm-evaluation-harness's with `harness`; (template, what it is)."""
+    saved = f"the run's saved prompt ({template.format})"
+    if prompt_format in (None, "auto", template.format):
+        return template, saved
+    if prompt_format == "harness":
+        return template.with_format("harness"), f"harness: lm-evaluation-harness's prompt instead of {saved}"
+    raise ValueError(f"--prompt-format {prompt_format} differs from {saved}: a run is scored with the prompt it "
+                     "was trained with; leave --prompt-format out, or use 'harness' to compare with "
+                     "lm-evaluation-harness")

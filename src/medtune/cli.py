@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medtune import __version__
 from medtune.answer import add_model_arguments, answerer_from_args
+from medtune.rundir import RunDir
 
 EPILOG = "Run 'medtune COMMAND --help' for a command's options. Docs: README.md."
 
@@ -22,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter", epilog=EPILOG,
                                 description="Fine-tune a LoRA adapter on multiple-choice questions. Settings "
-                                            "resolve as command line > --config YAML > defaults (the Qwen3-1.7B "
-                                            "recipe).")
+                                            "resolve as command line > --config YAML > defaults (TrainConfig's; "
+                                            "the Qwen3-1.7B GPU recipe is configs/qwen3-1.7b-lora.yaml). With "
+                                            "--resume they start from the run's saved config.yaml instead.")
     train.add_argument("--model", help="base model: Hub id, local folder or .gguf file (default Qwen/Qwen3-1.7B)")
     train.add_argument("--data", help="training data: Hub dataset id or a local .jsonl/.json/.parquet/.csv file")
     train.add_argument("--eval-data", help="held-out data; rows found here are kept out of the dev slice")
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=float, help="passes over the training rows (default 1)")
     train.add_argument("--limit", type=int, help="use the first N valid training rows")
     train.add_argument("--config", help="YAML file of settings (see configs/)")
-    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the run's last checkpoint, with its saved settings (config.yaml); "
+                            "settings given again override them")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in an --output folder that holds a run (finished or interrupted): "
+                            "its adapter, checkpoints and logs are deleted")
     train.add_argument("--skip-invalid", action="store_true",
                        help="skip invalid rows (counted by reason in report.json) instead of stopping at the first")
     train.add_argument("--answer-base", type=int, choices=[0, 1],
@@ -57,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="Hub dataset id or local file")
     evaluate.add_argument("--split", default="validation", help="Hub split (default validation)")
     evaluate.add_argument("--limit", type=int, help="the first N valid questions")
-    evaluate.add_argument("--output", required=True, help="folder for metrics.json and predictions.jsonl")
+    evaluate.add_argument("--output", required=True, help="folder for metrics.json and predictions.jsonl "
+                                                           "(generations.jsonl with --generative)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace the results in an --output folder that already holds metrics.json")
     evaluate.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default 16)")
     evaluate.add_argument("--skip-invalid", action="store_true", help="skip invalid rows, counted in metrics.json")
     evaluate.add_argument("--answer-base", type=int, choices=[0, 1], help="see 'medtune train --help'")
@@ -114,35 +124,54 @@ def _run_train(args) -> int:
                                                     "limit", "answer_base", "device", "dtype",
                                                     "cuda_visible_devices", "hip_visible_devices", "quantize")}
     flags.update(skip_invalid=args.skip_invalid or None, resume=args.resume or None,
-                 trust_remote_code=args.trust_remote_code)
-    config = load_config(args.config, **parse_overrides(args.overrides), **flags)
-    run = train(config, progress=not args.quiet)
-    print(f"run directory: {run.root}\n  evaluate:  medtune eval {run.root} --data DATA --output {run.root}/eval")
+                 overwrite=args.overwrite or None, trust_remote_code=args.trust_remote_code)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
+    settings = args.config
+    saved = RunDir(args.output).config
+    if args.resume and saved.exists():  # the run's own settings; only what is given again overrides them
+        if args.config:
+            raise ValueError(f"--resume uses the run's saved settings ({saved}); drop --config and pass the "
+                             "settings to change as key=value")
+        settings = str(saved)
+    config = load_config(settings, **parse_overrides(args.overrides), **flags)
+    try:
+        train(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        checkpoint = RunDir(config.output).latest_checkpoint()
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        print(f"medtune train: interrupted; {where}. Continue with: medtune train --output {config.output} "
+              "--resume", file=sys.stderr)
+        return 130
     return 0
 
 
 def _run_eval(args) -> int:
     from medtune.data import load_examples
-    from medtune.evaluate import evaluate_to_dir
+    from medtune.evaluate import check_output, evaluate_to_dir
 
+    check_output(Path(args.output), args.overwrite)  # before minutes of loading, not after
     examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
                                      skip_invalid=args.skip_invalid, limit=args.limit)
     evaluate_to_dir(answerer_from_args(args), examples, Path(args.output), args.batch_size, data=report.to_dict(),
-                    generative_tokens=args.max_new_tokens if args.generative else None)
+                    generative_tokens=args.max_new_tokens if args.generative else None, overwrite=args.overwrite)
     return 0
 
 
 def _run_ask(args) -> int:
-    answer = answerer_from_args(args).answer(args.question, args.option, explain=not args.no_explain,
-                                         max_new_tokens=args.max_new_tokens)
+    answerer = answerer_from_args(args)
+    answer = answerer.answer(args.question, args.option, explain=not args.no_explain,
+                             max_new_tokens=args.max_new_tokens)
+    model = answerer.description
     if args.json:
-        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        print(json.dumps({**answer.to_dict(), "model": model}, ensure_ascii=False))
         return 0
     print(f"Answer: {answer.answer}")
     for letter, option in zip(answer.probs, args.option):
         print(f"  {letter}. {option:<50.50} {answer.probs[letter]:6.1%}")
     if answer.explanation is not None:
         print(f"Explanation: {answer.explanation}")
+    print(f"(scored in {model['dtype']} on {model['device']}: {model['dtype_reason']})")
     return 0
 
 
@@ -171,10 +200,19 @@ def _run_plan(args) -> int:
     return run(args)
 
 
+def _fail(command: str, message: str) -> int:
+    """Print the error as one line (a user error is a sentence, never a traceback) and return exit code 2."""
+    print(f"medtune {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
                 "serve": _run_serve, "quickstart": _run_quickstart}
+    from safetensors import SafetensorError
+    from yaml import YAMLError
+
     from medtune.data import DataError
     from medtune.device import HardwareError
     from medtune.modeling import ModelError
@@ -183,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (DataError, PromptError, ModelError, HardwareError, ValueError, OSError) as error:
-        print(f"medtune {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(error))
+    except SafetensorError as error:  # last resort: a damaged file that no loader above put into words
+        return _fail(args.command, f"a .safetensors file cannot be read ({error}): it is truncated or damaged; "
+                                   "copy it again or re-create it")
+    except YAMLError as error:  # last resort: a YAML file that no loader above put into words
+        return _fail(args.command, f"a YAML file is malformed ({error}); fix its syntax")
     except KeyboardInterrupt:
         print(f"medtune {args.command}: interrupted", file=sys.stderr)
         return 130

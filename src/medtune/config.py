@@ -1,8 +1,12 @@
-"""Run configuration: typed, frozen, resolved as CLI > YAML file > defaults, and saved with every run."""
+"""Run configuration: typed, frozen, checked up front, resolved as CLI > YAML file > a run's saved config (on
+resume) > defaults, and saved with every run."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,11 +14,25 @@ import yaml
 
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
 QUICKSTART_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The names device.py and prompts.py accept, spelled out here so that reading a config does not import torch;
+# tests/test_config.py checks that they agree.
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("auto", "none", "4bit", "8bit")
+ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2")
+PROMPT_FORMATS = ("auto", "chat", "plain", "harness")
+MAX_SEED = 2**32 - 1  # the widest range every seeded library (random, torch, numpy) accepts
+# plan.parse_memory_size's form: a positive number with an optional unit (GB = 10**9, GiB = 2**30)
+MEMORY_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `medtune train` needs. Defaults are the Qwen3-1.7B LoRA recipe."""
+    """Everything `medtune train` needs, checked when built (a value that cannot work raises ValueError).
+
+    Defaults: LoRA r=16 on Qwen/Qwen3-1.7B over the Hub's MedMCQA, batch 4 x 4 accumulation, dev slice 64,
+    evaluation and checkpoints every 50 steps, invalid rows refused. The tuned GPU recipe is a separate file,
+    configs/qwen3-1.7b-lora.yaml (batch 8 x 4, dev slice 256, every 100 steps, invalid rows skipped).
+    """
 
     model: str = DEFAULT_MODEL
     data: str = "openlifescienceai/medmcqa"
@@ -55,8 +73,19 @@ class TrainConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attention: str = "auto"  # auto | eager | sdpa | flash_attention_2; auto: eager on the CPU, sdpa on GPUs
     quantize: str = "auto"  # auto | none | 4bit | 8bit (QLoRA, bitsandbytes); auto: only when 16-bit does not fit
+    memory_budget: str | None = None  # quantize=auto plans against it, e.g. "24GB"; None: GPU memory or available RAM
     trust_remote_code: bool = False  # runs code from the model repository: only for repositories you trust
     resume: bool = False
+    overwrite: bool = False  # start over in a folder that holds a run (finished or not): its files are deleted
+    fsdp: bool = False  # under several processes, shard the frozen decoder layers (torch FSDP2) instead of copying them
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_target_modules, list):  # the Python API's natural spelling; stored hashable
+            object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        for name in _field_types():
+            problem = _problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(problem)
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -72,25 +101,119 @@ def _field_types() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _coerce(name: str, value, source: str):
-    """Type-check one value against the field's default; YAML already gave numbers, booleans and lists."""
+def _coerce(name: str, value):
+    """Convert what YAML and the command line give to the field's type; `_problem` then judges the result."""
     default = _field_types()[name].default
     if name == "lora_target_modules":
         if isinstance(value, list):
-            return tuple(str(item) for item in value)
-        return tuple(value.split(",")) if isinstance(value, str) and "," in value else value
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise ValueError(f"{source}: '{name}' must be true or false, got {value!r}")
-    if isinstance(default, float) and not isinstance(value, bool):
+            return tuple(str(item).strip() for item in value)
+        return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) and "," in value else value
+    if name in _TEXT_FROM_NUMBER and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # YAML reads `cuda_visible_devices: 1` or `memory_budget: 8000000000` as a number
+    if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}: '{name}' must be a number, got {value!r}") from None
-    if not isinstance(value, type(default)):
-        raise ValueError(f"{source}: '{name}' must be {type(default).__name__}, got {value!r}")
+        except ValueError:
+            return value
     return value
+
+
+_TEXT_FROM_NUMBER = ("cuda_visible_devices", "hip_visible_devices", "memory_budget")
+
+
+# ---------------------------------------------------------------- what each field accepts
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _integer(low: int, high: int | None = None, optional: bool = False) -> tuple[Callable, str]:
+    def accepts(value) -> bool:
+        return (optional and value is None) or (_is_int(value) and low <= value and (high is None or value <= high))
+
+    allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    return accepts, allowed + (" or null" if optional else "")
+
+
+def _one_of(names: tuple[str, ...]) -> tuple[Callable, str]:
+    return (lambda value: isinstance(value, str) and value in names), f"one of {', '.join(names)}"
+
+
+def _gpu_list(value) -> bool:
+    """CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES: indices or UUIDs, comma-separated; "" hides every GPU."""
+    return value is None or (isinstance(value, str) and re.fullmatch(r"([\w.:-]+(,[\w.:-]+)*)?", value) is not None)
+
+
+def _memory_size(value) -> bool:
+    match = isinstance(value, str) and MEMORY_SIZE.fullmatch(value)
+    return value is None or bool(match and float(match.group(1)) > 0)
+
+
+_TEXT = (_is_text, "non-empty text")
+_OPTIONAL_TEXT = (lambda value: value is None or _is_text(value), "non-empty text or null")
+_BOOL = (lambda value: isinstance(value, bool), "true or false")
+_GPUS = (_gpu_list, "comma-separated GPU indices or UUIDs (e.g. '0,1'), or null")
+
+_RULES: dict[str, tuple[Callable, str]] = {
+    "model": _TEXT, "data": _TEXT, "output": _TEXT, "eval_data": _OPTIONAL_TEXT,
+    "train_split": _TEXT, "eval_split": _TEXT, "revision": _OPTIONAL_TEXT,
+    "answer_base": (lambda value: value is None or (_is_int(value) and value in (0, 1)), "0, 1 or null"),
+    "skip_invalid": _BOOL,
+    "limit": _integer(1, optional=True), "eval_limit": _integer(1, optional=True), "dev_size": _integer(0),
+    "prompt_format": _one_of(PROMPT_FORMATS), "max_seq_len": _integer(1),
+    "epochs": (lambda value: _is_number(value) and value > 0, "a number > 0"),
+    "max_steps": _integer(1, optional=True), "batch_size": _integer(1), "grad_accum": _integer(1),
+    # above 1, AdamW's first update alone moves every weight by about the rate: the run diverges at once
+    "learning_rate": (lambda value: _is_number(value) and 0 < value <= 1, "a number > 0 and <= 1"),
+    "weight_decay": (lambda value: _is_number(value) and value >= 0, "a number >= 0"),
+    "warmup_ratio": (lambda value: _is_number(value) and 0 <= value <= 1, "a number from 0 to 1"),
+    "max_grad_norm": (lambda value: _is_number(value) and value > 0, "a number > 0"),  # 0 would zero every update
+    "lora_r": _integer(1), "lora_alpha": _integer(1),
+    "lora_dropout": (lambda value: _is_number(value) and 0 <= value < 1, "a number >= 0 and < 1"),
+    "lora_target_modules": (
+        lambda value: _is_text(value) or (isinstance(value, tuple) and bool(value) and all(map(_is_text, value))),
+        "'all-linear' or a non-empty list of module names"),
+    "gradient_checkpointing": _BOOL, "compile": _BOOL,
+    "eval_every": _integer(0), "save_every": _integer(0),
+    "nonfinite_patience": _integer(1), "early_stopping_patience": _integer(0),
+    "seed": _integer(0, MAX_SEED),
+    "device": (lambda value: isinstance(value, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None,
+               "auto, cpu, cuda, cuda:N or mps"),
+    "cuda_visible_devices": _GPUS, "hip_visible_devices": _GPUS,
+    "dtype": _one_of(DTYPES), "attention": _one_of(ATTENTIONS), "quantize": _one_of(QUANTIZATIONS),
+    "memory_budget": (_memory_size, "a memory size such as 24GB or 80GiB, or null"),
+    "trust_remote_code": _BOOL, "resume": _BOOL, "overwrite": _BOOL, "fsdp": _BOOL,
+}
+
+
+def _problem(name: str, value) -> str | None:
+    """None when `value` can work for field `name`; else a sentence naming the field, the value and the range."""
+    accepts, allowed = _RULES[name]
+    return None if accepts(value) else f"{name}={value!r} cannot work: {name} must be {allowed}"
+
+
+def _checked(name: str, value, source: str):
+    """One setting from `source` (a file name or "command line"), converted and checked."""
+    known = _field_types()
+    if name not in known:
+        raise ValueError(f"{source}: unknown setting '{name}'; known: {', '.join(sorted(known))}")
+    value = _coerce(name, value)
+    problem = _problem(name, value)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
+    return value
+
+
+# ---------------------------------------------------------------- reading settings
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -104,21 +227,48 @@ def parse_overrides(pairs: list[str]) -> dict:
     return values
 
 
-def load_config(yaml_path: str | None = None, **overrides) -> TrainConfig:
-    """Defaults, then the YAML file, then `overrides` (CLI flags and key=value pairs; None means unset)."""
+def _read_yaml(path: Path, missing: str):
+    """The parsed YAML document at `path`; every way the file can be wrong is one sentence."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a YAML file; pass a settings file (a run keeps its own in "
+                         "config.yaml)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such config file; {missing}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file; pass a YAML file of setting: value lines") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: malformed YAML{where}: {error.problem or error.context}; fix the file there "
+                         "(quote a value that holds ': ' or ' #')") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: malformed YAML ({error}); fix the file") from None
+
+
+def _read_settings(path: Path, missing: str) -> dict:
+    loaded = _read_yaml(path, missing) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of setting: value")
+    return {name: _checked(name, value, str(path)) for name, value in loaded.items()}
+
+
+def load_config(yaml_path: str | Path | None = None, *, base: str | Path | None = None, **overrides) -> TrainConfig:
+    """Resolve a run's settings: defaults, then `base`, then the YAML file, then `overrides`.
+
+    `base` is a run's saved config.yaml: with it, `--resume` continues the run as it was configured and only
+    what the user passes again (`yaml_path`, CLI flags, key=value pairs) changes it. In `overrides`, None means
+    "not given". Every value is checked where it comes from, so an error names the file or "command line".
+    """
     values: dict = {}
-    known = _field_types()
+    if base:
+        values.update(_read_settings(Path(base), "the run folder holds no saved settings: is it a medtune run?"))
     if yaml_path:
-        loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of setting: value")
-        for name, value in loaded.items():
-            if name not in known:
-                raise ValueError(f"{yaml_path}: unknown setting '{name}'; known: {', '.join(sorted(known))}")
-            values[name] = _coerce(name, value, yaml_path)
+        values.update(_read_settings(Path(yaml_path), "pass a YAML file such as configs/quickstart-cpu.yaml"))
     for name, value in overrides.items():
-        if name not in known:
-            raise ValueError(f"unknown setting '{name}'; known: {', '.join(sorted(known))}")
-        if value is not None:
-            values[name] = _coerce(name, value, "command line")
+        if name not in _field_types() or value is not None:
+            values[name] = _checked(name, value, "command line")
     return TrainConfig(**values)

@@ -7,8 +7,10 @@ Supported schemas (see ../shared/data/medmcqa/README.md):
 - id:       ``id, question, options {"A": ..., ...}, answer "A"``
 
 ``cop`` (original) and the integer ``answer`` (reduced) are 0-based on the Hugging Face Hub and 1-based in
-the original MedMCQA release. The base is read off the data: a 0 means 0-based, the highest letter's
-1-based value means 1-based; a file that shows neither is refused unless the caller names the base.
+the original MedMCQA release. The base is read off the rows that will be accepted: a 0 means 0-based; a value
+equal to the row's option count (4 with four options, 5 with five) means 1-based. A file that shows neither,
+or both, is refused unless the caller names the base. Integral floats (``2.0``, ``"2.0"``) count as integers:
+pandas writes an integer column that holds a null as floats to CSV and Parquet.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import numbers
 import random
 import re
 from collections import Counter
@@ -27,6 +30,9 @@ LETTERS = "ABCDE"
 MIN_OPTIONS, MAX_OPTIONS = 2, 5
 DEFAULT_HUB_DATASET = "openlifescienceai/medmcqa"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# The dev slice watches training (periodic accuracy, early stopping); it is never reported. Capping it at a tenth
+# of the rows keeps a small run a training run: `train --limit 64` with dev_size 64 used to train on one row.
+DEV_SHARE_PERCENT = 10
 
 
 class DataError(ValueError):
@@ -181,12 +187,23 @@ def _optional_text(value) -> str | None:
     return str(value).strip() if value is not None and str(value).strip() else None
 
 
+def _integral(value) -> int | None:
+    """An integer given as int, integral float (2.0) or text ("2", "2.0"); None for anything else (2.5, "two",
+    True): pandas writes an integer column that has a null as floats, so 2.0 is the integer 2."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return int(value) if float(value).is_integer() else None
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.0*)?\s*", value):
+        return int(value.strip().split(".")[0])
+    return None
+
+
 def _as_int(value, name: str, where: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise DataError(where, name, f"expected an integer, got {value!r}", "answer_not_integer") from None
-    if str(value).strip() != str(number):
+    number = _integral(value)
+    if number is None:
         raise DataError(where, name, f"expected an integer, got {value!r}", "answer_not_integer")
     return number
 
@@ -260,7 +277,7 @@ def _parse_row(row: _RawRow, answer_base: int | None, fallback_id: str) -> MCQEx
 
 def _answer_index(raw, name: str, schema: str, n_options: int, base: int | None, where: str) -> int | None:
     """0-based answer index; None for an unlabeled row (missing, or -1 as in MedMCQA's test split)."""
-    if raw is None or raw == -1 or raw == "-1":
+    if raw is None or _integral(raw) == -1:
         return None
     if schema == "id":
         letter = str(raw).strip()
@@ -269,34 +286,63 @@ def _answer_index(raw, name: str, schema: str, n_options: int, base: int | None,
         return LETTERS.index(letter)
     index = _as_int(raw, name, where) - (base or 0)
     if not 0 <= index < n_options:
-        shown = f"{base}..{base + n_options - 1}"
-        raise DataError(where, name, f"{raw!r} is out of range {shown} ({base}-based)", "answer_out_of_range")
+        shown = (f"{base}..{base + n_options - 1} ({base}-based)" if base is not None
+                 else f"0..{n_options - 1} (0-based) and 1..{n_options} (1-based)")
+        raise DataError(where, name, f"{raw!r} is out of range {shown}", "answer_out_of_range")
     return index
 
 
+def _answer_vote(row: _RawRow) -> tuple[int, int] | None:
+    """(integer answer, option count) of a row that would otherwise be accepted; None when it cannot vote.
+
+    A row that will be rejected anyway (bad JSON, empty question or option, an answer out of range in both
+    bases) must not decide how every other row is read."""
+    if row.values is None:
+        return None
+    try:
+        schema = _schema(row.values, row.where)
+        if schema == "id":
+            return None  # letter answers need no base
+        _text(row.values, "question", row.where, "empty_question")
+        n_options = len(_options(row.values, schema, row.where))
+    except DataError:
+        return None
+    value = _integral(_raw_answer(row.values, schema)[1])
+    if value is None or not 0 <= value <= n_options:  # -1 (unlabeled), not an integer, or out of range
+        return None
+    return value, n_options
+
+
 def _detect_answer_base(rows: list[_RawRow], declared: int | None) -> tuple[int | None, str]:
-    """Decide whether integer answers are 0- or 1-based from the values present."""
-    seen: Counter = Counter()
-    for row in rows:
-        if row.values is None or "options" in row.values:
-            continue
-        name = "cop" if "opa" in row.values else "answer"
-        value = row.values.get(name)
-        if value is not None and str(value).strip().lstrip("-").isdigit() and int(value) >= 0:
-            seen[int(value)] += 1
+    """Decide whether integer answers are 0- or 1-based from the rows that will be accepted.
+
+    A 0 fits only 0-based; a value equal to its row's option count (4 of 4, 5 of 5) fits only 1-based. A 4 in
+    five-option data is the letter E when 0-based, so it proves nothing there."""
     if declared is not None:
         return declared, f"{declared}-based, as declared by the user"
-    if not seen:
+    votes = [vote for vote in map(_answer_vote, rows) if vote is not None]
+    if not votes:
         return None, "answers are letters (or absent): no integer base needed"
-    low, high = min(seen), max(seen)
-    if low == 0:
-        return 0, f"0-based (Hugging Face convention): the value 0 occurs ({seen[0]} rows)"
-    if high >= 4:
-        return 1, f"1-based (original MedMCQA release): the value {high} occurs and 0 never does"
+    zeros = sum(value == 0 for value, _ in votes)
+    proofs = [(value, n_options) for value, n_options in votes if value == n_options]
+    where = rows[0].where.split(":")[0]
+    if zeros and proofs:
+        raise DataError(
+            where, "cop/answer",
+            f"holds both a 0 ({zeros} row(s)) and a 1-based-only value ({len(proofs)} row(s) whose answer equals "
+            "its option count); declare the base with --answer-base 0 or 1", "ambiguous_answer_base",
+        )
+    if zeros:
+        return 0, f"0-based (Hugging Face convention): the value 0 occurs ({zeros} rows)"
+    if proofs:
+        value, n_options = max(proofs)
+        count = proofs.count((value, n_options))
+        return 1, (f"1-based (original MedMCQA release): the value {value} occurs in {count} row(s) with "
+                   f"{n_options} options, and 0 never does")
     raise DataError(
-        rows[0].where.split(":")[0], "cop/answer",
-        f"values {sorted(seen)} fit both 0-based and 1-based answers; declare the base with --answer-base 0 or 1",
-        "ambiguous_answer_base",
+        where, "cop/answer",
+        f"values {sorted({value for value, _ in votes})} fit both 0-based and 1-based answers; declare the base "
+        "with --answer-base 0 or 1", "ambiguous_answer_base",
     )
 
 
@@ -348,16 +394,25 @@ def load_examples(
     return examples, report
 
 
+def dev_slice_size(rows: int, dev_size: int) -> int:
+    """Rows the dev slice may take from `rows` training rows: `dev_size`, capped at DEV_SHARE_PERCENT of them.
+
+    64 rows with dev_size 64 -> 6 (58 train); 2,190 rows with dev_size 256 -> 219; under 10 rows -> 0."""
+    return max(0, min(dev_size, rows * DEV_SHARE_PERCENT // 100))
+
+
 def split_dev(
     examples: list[MCQExample], dev_size: int, seed: int, exclude: set[str] = frozenset()
 ) -> tuple[list[MCQExample], list[MCQExample]]:
     """Carve a dev slice (for periodic evaluation / early stopping) out of the training rows.
 
+    The slice holds `dev_slice_size(len(examples), dev_size)` rows, fewer when not enough rows are eligible.
     Rows whose `key()` is in `exclude` (the reported evaluation rows) never enter the dev slice, so the
     dev slice cannot overlap what is reported. Returns (train, dev); the order of `train` is kept.
     """
     candidates = [i for i, example in enumerate(examples) if example.key() not in exclude]
-    chosen = set(random.Random(seed).sample(candidates, min(dev_size, len(candidates), len(examples) - 1)))
+    size = min(dev_slice_size(len(examples), dev_size), len(candidates))
+    chosen = set(random.Random(seed).sample(candidates, size))
     train = [example for i, example in enumerate(examples) if i not in chosen]
     dev = [examples[i] for i in sorted(chosen)]
     return train, dev

@@ -7,6 +7,7 @@ variables only when a caller passes values from config or the command line. doct
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -115,10 +116,11 @@ def select_device(requested: str = "auto") -> Choice:
 # --- precision -------------------------------------------------------------------------------------------
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's native-bf16 features: /proc/cpuinfo on Linux, else what torch's own CPU check reports."""
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's native-bf16 features: /proc/cpuinfo on Linux (or the `cpuinfo` text given), else what
+    torch's own CPU check reports."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = (Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).splitlines()
     except OSError:
         lines = []
     features = [line.partition(":")[2] for line in lines if line.startswith(("flags", "Features"))]
@@ -198,7 +200,7 @@ def probe_dtypes(model_config, device: str, dtypes=("bf16", "fp16", "fp32")) -> 
     probes = {}
     for dtype in dtypes:
         if dtype == "fp16" and device == "cpu":
-            why = "fp16 training on the CPU is not supported (no loss scaling there, no fast kernels)"
+            why = "auto never trains in fp16 on the CPU (no fast kernels there; ask for it with --dtype fp16)"
             probes[dtype] = Probe(dtype, "unsupported", error=why)
             continue
         try:
@@ -236,9 +238,10 @@ def select_dtype(requested: str, device: str, model_config=None,
         if requested == "bf16" and not bf16_supported(device):
             raise HardwareError(f"bf16 was asked for, but {device} does not support bfloat16; "
                                 "use fp16 or fp32")
-        if requested == "fp16" and device == "cpu":
-            raise HardwareError("fp16 training is not supported on the CPU; use bf16 or fp32")
-        slow = requested == "bf16" and device == "cpu" and not cpu_native_bf16()
+        slow = requested in ("bf16", "fp16") and device == "cpu" and not cpu_native_bf16()
+        if requested == "fp16" and device == "cpu":  # torch's CPU autocast and GradScaler("cpu") do fp16
+            return Choice("fp16", "asked for (fp16 with loss scaling on the CPU: slower than bf16 or fp32, and "
+                                  "never chosen by auto)")
         return Choice(requested, "asked for" + (" (emulated on this CPU: slower than fp32)" if slow else ""))
     candidates, why = _auto_candidates(device)
     if model_config is None and probes is None:
@@ -285,28 +288,100 @@ def _bitsandbytes() -> tuple[str, str, bool]:
     return bitsandbytes.__version__, getattr(cextension, "BNB_BACKEND", "CUDA"), loaded
 
 
+# A 4-bit probe on Gaussian weights: NF4 rounds them with ~10% relative error (0.097 measured on this CPU,
+# bitsandbytes 0.50.2), so a product further off than this is a broken kernel, not quantization.
+NF4_PROBE_TOLERANCE = 0.2
+# LLM.int8 with per-row absmax scales: 0.006 measured here.
+INT8_PROBE_TOLERANCE = 0.05
+
+
+@functools.lru_cache(maxsize=8)
+def _quantized_matmul_error(device: str, mode: str) -> str | None:
+    """None when a bitsandbytes `mode` (4bit | 8bit) Linear computes right on `device`, else why not.
+
+    A real forward, not a guess from the platform: 4-bit quantizes a [128, 64] weight to NF4 with double
+    quantization (the QLoRA setting the trainer loads) and checks the Linear4bit forward against the fp32
+    product with the de-quantized weight (the kernel) and with the original weight (the quantization);
+    8-bit checks a Linear8bitLt forward against the fp32 product. Cached: one probe per device and mode.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnb_functional
+
+    generator = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(128, 64, generator=generator), torch.randn(4, 64, generator=generator)
+    exact = x @ weight.T
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 8-bit warns that it casts fp32 inputs to fp16, as designed
+            if mode == "4bit":
+                layer = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4",
+                                          compress_statistics=True)
+                layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4",
+                                                 compress_statistics=True)
+                layer = layer.to(device)  # bitsandbytes quantizes on the move to the device
+                if layer.weight.dtype != torch.uint8:
+                    return f"the 4-bit weight stayed {layer.weight.dtype} on {device}: it was not quantized"
+                output = layer(x.to(device)).float().cpu()
+                dequantized = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+                kernel = _relative_error(output, x @ dequantized.float().cpu().T)
+                if kernel > 1e-2:
+                    return f"the 4-bit matmul on {device} is off by {kernel:.3g} from its own de-quantized weight"
+                tolerance = NF4_PROBE_TOLERANCE
+            else:
+                layer = bnb.nn.Linear8bitLt(64, 128, bias=False, has_fp16_weights=False, threshold=0.0)
+                layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
+                output = layer.to(device)(x.to(device)).float().cpu()
+                tolerance = INT8_PROBE_TOLERANCE
+    except Exception as error:  # a backend without the kernel raises all sorts (NotImplementedError, RuntimeError)
+        return f"its {mode} matmul fails on {device} ({type(error).__name__}: {_first_line(error)})"
+    error = _relative_error(output, exact)
+    if not error <= tolerance:  # also catches NaN
+        return f"its {mode} matmul on {device} is off by {error:.3g} (relative) from fp32, more than {tolerance}"
+    return None
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def bitsandbytes_status(device: str) -> dict:
-    """{installed, version, backend, works, reason}: can bitsandbytes do 4/8-bit training on `device`?"""
+    """{installed, version, backend, works, reason, modes}: can bitsandbytes train 4-bit QLoRA on `device`?
+
+    `works` and `reason` are about 4-bit (what QLoRA and quantize=auto use); `modes` holds {works, reason}
+    for 4bit and 8bit, each from a real quantized matmul on the device (`_quantized_matmul_error`).
+    """
     status = {"installed": False, "version": None, "backend": None}
     try:
         version, build, loaded = _bitsandbytes()
     except ModuleNotFoundError as error:
         if error.name != "bitsandbytes":
             raise
-        return {**status, "works": False, "reason": "bitsandbytes is not installed (pip install it)"}
+        return _status(status, "bitsandbytes is not installed (pip install bitsandbytes)")
     except Exception as error:  # a broken build raises all sorts at import
-        return {**status, "installed": True, "works": False,
-                "reason": f"bitsandbytes is installed but does not import ({type(error).__name__}: {error})"}
+        return _status({**status, "installed": True},
+                       f"bitsandbytes is installed but does not import ({type(error).__name__}: {error})")
     status = {"installed": True, "version": version, "backend": build}
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        why = f"bitsandbytes 4/8-bit training needs a CUDA or ROCm GPU, and this is {device}"
-    elif torch.version.hip and (build != "ROCm" or not loaded):
-        why = f"this is a ROCm GPU, but bitsandbytes loaded no ROCm/HIP library (its backend: {build})"
-    elif not loaded:
-        why = f"bitsandbytes {version} imports, but its {build} library did not load"
-    else:
-        return {**status, "works": True, "reason": f"bitsandbytes {version} with its {build} library"}
-    return {**status, "works": False, "reason": why}
+    if device.startswith("cuda") and torch.version.hip and build != "ROCm":
+        return _status(status, f"this is a ROCm GPU, but bitsandbytes loaded no ROCm/HIP library "
+                               f"(its backend: {build})")
+    if not loaded:
+        return _status(status, f"bitsandbytes {version} imports, but its {build} library did not load")
+    modes = {}
+    for mode in ("4bit", "8bit"):
+        why_not = _quantized_matmul_error(device, mode)
+        modes[mode] = {"works": why_not is None,
+                       "reason": f"bitsandbytes {version} ({build} library): " + (
+                           f"the {mode} matmul probe on {device} matched fp32" if why_not is None else why_not)}
+    return {**status, **modes["4bit"], "modes": modes}
+
+
+def _status(status: dict, reason: str) -> dict:
+    failed = {"works": False, "reason": reason}
+    return {**status, **failed, "modes": {"4bit": failed, "8bit": failed}}
 
 
 def select_quantization(requested: str, device: str, fits_16bit: bool | None = None) -> Choice:
@@ -315,8 +390,8 @@ def select_quantization(requested: str, device: str, fits_16bit: bool | None = N
         raise HardwareError(f"unknown quantization {requested!r}; use none, auto, 4bit or 8bit")
     if requested == "none":
         return Choice("none", "asked for")
-    support = bitsandbytes_status(device)
     if requested != "auto":
+        support = bitsandbytes_status(device)["modes"][requested]
         if not support["works"]:
             raise HardwareError(f"--quantize {requested} was asked for, but {support['reason']}; "
                                 "use --quantize none (16-bit LoRA)")
@@ -325,6 +400,7 @@ def select_quantization(requested: str, device: str, fits_16bit: bool | None = N
         return Choice("none", "auto: no memory plan for this device, so no reason to quantize")
     if fits_16bit:
         return Choice("none", "auto: the memory plan says 16-bit LoRA fits")
+    support = bitsandbytes_status(device)
     if support["works"]:
         return Choice("4bit", f"auto: the memory plan says 16-bit LoRA does not fit; 4-bit QLoRA with "
                               f"{support['reason']}")
@@ -431,6 +507,23 @@ def cpu_info() -> DeviceInfo:
     return DeviceInfo("cpu", None, name, memory, torch.backends.cpu.get_cpu_capability(), True)
 
 
+def available_cpu_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get without swapping (MemAvailable), None where unknown."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split()
+        return int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024  # reported in kB
+    except (OSError, ValueError):
+        return cpu_info().memory_bytes
+
+
+def memory_budget(device: str) -> int | None:
+    """Bytes a training run on `device` may plan for: a GPU's total memory; on the CPU (and MPS, which shares
+    host memory) what is available now, since other processes hold the rest."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+    return available_cpu_memory() if device in ("cpu", "mps") else None
+
+
 def cpu_cores() -> int:
     """Cores this process may use (affinity and container limits), not the machine's total."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -469,9 +562,13 @@ def attention_implementations(device: str) -> dict[str, Choice]:
     return usable
 
 
-def select_attention(requested: str, device: str) -> Choice:
+def select_attention(requested: str, device: str, dtype: str | None = None) -> Choice:
     """transformers' `attn_implementation` for this device: 'auto' takes plain attention on the CPU and torch's
-    fused SDPA elsewhere; a named one is refused where `attention_implementations` says it cannot run."""
+    fused SDPA elsewhere; a named one is refused where `attention_implementations` says it cannot run, and
+    flash_attention_2 where the model computes in `dtype` fp32 (its kernels take only fp16 and bf16)."""
+    if requested == "flash_attention_2" and dtype == "fp32":
+        raise HardwareError("attention 'flash_attention_2' runs only in fp16 or bf16, and this model computes in "
+                            "fp32; use --dtype bf16 (or fp16), or --attention sdpa")
     if requested == "auto":
         if device == "cpu":
             return Choice("eager", "auto: on the CPU plain attention trained 1.1-1.2x faster than SDPA at MedMCQA "

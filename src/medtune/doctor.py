@@ -14,8 +14,6 @@ from dataclasses import asdict
 from medtune import device as hw
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# The recipe the memory check assumes when deciding whether 16-bit LoRA fits (TrainConfig's defaults).
-RECIPE = {"batch_size": 4, "seq_len": 512, "lora_r": 16, "lora_target_modules": ("all-linear",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,29 +57,20 @@ def probe_config(source: str) -> tuple[object, str | None, str]:
 
 
 def memory_plan(source: str | None, device: str, dtype: str, memory: int | None) -> dict | None:
-    """{fits, total_bytes, device_memory_bytes, setting} for the default LoRA recipe; None when unknown."""
+    """{fits, total_bytes, device_memory_bytes, setting} for `medtune train`'s default LoRA setting (TrainConfig)
+    in `dtype`, planned exactly as the trainer's quantize=auto and `medtune plan` plan it; None when unknown."""
     if source is None or memory is None:
         return None
-    from medtune.plan import PlanInput, estimate
+    from medtune.plan import estimate, input_from_config
 
-    kind = "cuda" if device.startswith("cuda") else "cpu"  # MPS shares host memory, as the CPU does
+    inp = input_from_config({"model": source}, dtype, device, memory)
     try:
-        plan = estimate(PlanInput(model=source, method="lora", dtype=dtype, device=kind,
-                                  device_memory_bytes=memory, weights_dtype="fp32" if kind == "cpu" else None,
-                                  **RECIPE))
+        plan = estimate(inp)
     except ValueError:
         return None
-    setting = f"LoRA r={RECIPE['lora_r']}, {dtype}, batch {RECIPE['batch_size']} x {RECIPE['seq_len']} tokens"
+    setting = (f"LoRA r={inp.lora_r}, {dtype} weights and compute, batch {inp.batch_size} x {inp.seq_len} tokens, "
+               f"{inp.device}")
     return {"fits": plan.fits, "total_bytes": plan.total, "device_memory_bytes": memory, "setting": setting}
-
-
-def _device_memory(devices: list[hw.DeviceInfo], device: str) -> int | None:
-    kind = "cpu" if device == "cpu" else "mps" if device == "mps" else None
-    index = None if kind else int(device.partition(":")[2] or 0)
-    for info in devices:
-        if (kind and info.kind == kind) or (kind is None and info.index == index and info.kind != "cpu"):
-            return info.memory_bytes
-    return None
 
 
 def _choice(choice: hw.Choice) -> dict:
@@ -95,7 +84,8 @@ def collect(model: str = DEFAULT_MODEL, requested_device: str = "auto") -> dict:
     config, source, note = probe_config(model)
     probes = hw.probe_dtypes(config, device.value)
     dtype = hw.select_dtype("auto", device.value, probes=probes)
-    plan = memory_plan(source, device.value, dtype.value, _device_memory(found, device.value))
+    # the trainer's budget: a GPU's memory, or the host memory available now (quantize=auto decides on it)
+    plan = memory_plan(source, device.value, dtype.value, hw.memory_budget(device.value))
     quantization = hw.select_quantization("auto", device.value, plan and plan["fits"])
     environment = hw.environment_report()
     warnings = list(environment["warnings"])
@@ -142,8 +132,9 @@ def format_report(report: dict) -> str:
     lines += [f"  {name:<18} {'yes' if a['usable'] else 'no':<4} {a['reason']}"
               for name, a in report["attention"].items()]
     quant = report["quantization"]
-    verdict = "works" if quant["works"] else "unavailable"
-    lines.append(f"Quantization (bitsandbytes): {verdict} -- {quant['reason']}")
+    lines.append("Quantization (bitsandbytes, probed with a real quantized matmul):")
+    lines += [f"  {mode:<5} {'works' if m['works'] else 'unavailable':<12} {m['reason']}"
+              for mode, m in quant["modes"].items()]
     if quant["memory_plan"]:
         mem = quant["memory_plan"]
         lines.append(f"Memory plan ({mem['setting']}): {_gib(mem['total_bytes'])} of "

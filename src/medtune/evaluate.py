@@ -35,6 +35,7 @@ def choice_logprobs(
     """Log-probabilities of each option's letter, normalized over the example's options.
 
     Returns float32 [n_examples, 5] on the CPU; columns past an example's option count are -inf.
+    The letter logits are computed in fp32 whatever the model's dtype (`letter_logits`).
     The evaluation, the training loop's dev check and the `Answerer` all score through this function.
     """
     if not examples:
@@ -49,13 +50,56 @@ def choice_logprobs(
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in rows], pad).items()}
-        logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]  # [batch, vocab]
-        letters = logits.index_select(-1, letter_ids.to(device)).float().cpu()  # [batch, 5]
+        letters = letter_logits(model, batch, letter_ids.to(device)).cpu()  # [batch, 5] fp32
         for row, index in enumerate(rows):
             k = len(examples[index].options)
             scores[index, :k] = torch.log_softmax(letters[row, :k], dim=-1)
     model.train(was_training)
     return scores
+
+
+def letter_logits(model, batch: dict, letter_ids: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the letter tokens at the last position: [batch, n_letters].
+
+    Why fp32: a bf16 head rounds each logit to 8 significant bits (steps of 0.06-0.125 at typical magnitudes),
+    so two letters often tie exactly, and a tie broken by position favours "A". The head's input (the final
+    hidden state, [batch, 1, hidden]) is caught on its way into the output layer and multiplied in fp32 by that
+    layer's letter rows only (tied embeddings share those rows; they are copied, never changed). Catching the
+    input keeps the model's own forward, whatever wraps it (PEFT, a 4-bit base). A head that is not a plain
+    Linear (e.g. LoRA on lm_head, or none exposed) is used as it is, its output upcast.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
+        return logits.index_select(-1, letter_ids).float()
+    caught: dict = {}
+    hook = head.register_forward_hook(lambda module, args, output: caught.update(hidden=args[0]))
+    try:
+        model(**batch, logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    with torch.autocast(letter_ids.device.type, enabled=False):  # an enclosing autocast would recast to 16 bits
+        hidden = caught["hidden"][:, -1].float()  # [batch, hidden]
+        rows = head.weight.index_select(0, letter_ids).float()  # [n_letters, hidden]
+        logits = hidden @ rows.T
+        if head.bias is not None:
+            logits = logits + head.bias.index_select(0, letter_ids).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2 squashes logits
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def predicted_options(logprobs: torch.Tensor, examples: list[MCQExample]) -> list[int | None]:
+    """The top option per question, or None where two or more options tie exactly for the top.
+
+    A tie is counted wrong: any tie-break by position would favour one letter (argmax picks the first, "A",
+    MedMCQA's most frequent answer, so it would inflate accuracy), and a random one would make a score
+    depend on a seed. `evaluate` reports how many questions tied."""
+    predicted = []
+    for row, example in zip(logprobs, examples):
+        options = row[: len(example.options)]
+        top = (options == options.max()).nonzero().flatten().tolist()
+        predicted.append(top[0] if len(top) == 1 else None)
+    return predicted
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -68,10 +112,11 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarize(examples: list[MCQExample], predicted: list[int | None]) -> dict:
+def summarize(examples: list[MCQExample], predicted: list[int | None], none_label: str = "unparseable") -> dict:
     """Accuracy with its 95% CI, the data's baselines, per-subject accuracy and the confusion matrix.
 
-    `predicted[i]` is an option index, or None for an unparseable answer (counted wrong).
+    `predicted[i]` is an option index, or None (counted wrong) for an answer that picks no letter: an
+    unparseable generation, or a scored tie; `none_label` names it in the confusion matrix.
     """
     n = len(examples)
     gold = [example.answer for example in examples]
@@ -82,7 +127,7 @@ def summarize(examples: list[MCQExample], predicted: list[int | None]) -> dict:
     per_subject: dict = defaultdict(lambda: [0, 0])
     for example, p in zip(examples, predicted):
         row = confusion[LETTERS[example.answer]]
-        key = LETTERS[p] if p is not None else "unparseable"
+        key = LETTERS[p] if p is not None else none_label
         row[key] = row.get(key, 0) + 1
         if example.subject:
             per_subject[example.subject][0] += int(p == example.answer)
@@ -107,18 +152,22 @@ def evaluate(
     model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """(metrics, predictions) for labelled examples, scored by `choice_logprobs`."""
+    """(metrics, predictions) for labelled examples, scored by `choice_logprobs`.
+
+    A question whose top letters tie exactly gets "pred": null and counts as wrong (`predicted_options`);
+    metrics["ties"] says how many did."""
     started = time.perf_counter()
     logprobs = choice_logprobs(model, tokenizer, template, examples, batch_size, progress)
     seconds = time.perf_counter() - started
-    predicted = logprobs.argmax(dim=-1).tolist()
+    predicted = predicted_options(logprobs, examples)
     predictions = [
-        {"id": e.id, "gold": LETTERS[e.answer], "pred": LETTERS[p],
+        {"id": e.id, "gold": LETTERS[e.answer], "pred": LETTERS[p] if p is not None else None,
          "probs": {letter: round(math.exp(logprobs[i, j].item()), 6) for j, letter in enumerate(e.letters)}}
         for i, (e, p) in enumerate(zip(examples, predicted))
     ]
-    metrics = summarize(examples, predicted)
-    metrics.update(mode="scored", prompt_format=template.format, seconds=round(seconds, 3),
+    metrics = summarize(examples, predicted, none_label="tie")
+    metrics.update(mode="scored", prompt_format=template.format, ties=predicted.count(None),
+                   tie_rule="a question whose top letters tie exactly is counted wrong", seconds=round(seconds, 3),
                    questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
     return metrics, predictions
 
@@ -161,25 +210,36 @@ def evaluate_generative(
     return metrics, predictions
 
 
+def check_output(output: Path, overwrite: bool = False) -> None:
+    """Refuse to write over the results of an earlier evaluation unless asked to."""
+    if not overwrite and (output / "metrics.json").exists():
+        raise FileExistsError(f"{output} already holds an evaluation (metrics.json); choose another --output "
+                              "or pass --overwrite to replace it")
+
+
 def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16,
-                    data: dict | None = None, generative_tokens: int | None = None) -> dict:
+                    data: dict | None = None, generative_tokens: int | None = None, overwrite: bool = False) -> dict:
     """Score `examples` with an `Answerer`'s model and prompt; write predictions.jsonl and metrics.json
     under `output` and print a one-line summary. Used by `medtune eval` and the quickstart.
 
     `data` (the data report) is stored in the metrics; with `generative_tokens`, `evaluate_generative` runs
-    too, its metrics go under "generative" and its texts to generations.jsonl."""
+    too, its metrics go under "generative" and its texts to generations.jsonl. An `output` that already
+    holds metrics.json is refused unless `overwrite`."""
     from medtune.rundir import write_json
 
+    check_output(output, overwrite)
     metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
     metrics["model"] = answerer.description
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(p) + "\n" for p in predictions)
     low, high = metrics["ci95"]
-    baselines = metrics["baselines"]
-    print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions; "
+    baselines, model = metrics["baselines"], answerer.description
+    ties = f"; {metrics['ties']} tied, counted wrong" if metrics["ties"] else ""
+    print(f"accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n']} questions{ties}; "
           f"baselines: random {baselines['random']:.3f}, always-{baselines['majority_letter']} "
-          f"{baselines['majority']:.3f}; {metrics['questions_per_second']} questions/s -> {output}")
+          f"{baselines['majority']:.3f}; {model['dtype']} on {model['device']} ({model.get('dtype_reason', '')}); "
+          f"{metrics['questions_per_second']} questions/s -> {output}")
     if data is not None:
         metrics["data"] = data
     if generative_tokens:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -35,8 +36,9 @@ class ModelInfo:
     kind: str  # hub | folder | gguf
     path: str  # what from_pretrained received
     revision: str | None  # Hub commit hash when known
-    fingerprint: str  # digest of parameter names, shapes and leading values
+    fingerprint: str  # digest of the checkpoint's parameter names, shapes and leading values (weights_fingerprint)
     note: str = ""
+    quantization: str = "none"  # how the base was loaded: none (16/32-bit) | 4bit (NF4) | 8bit (LLM.int8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,8 +144,11 @@ def model_config(source: str, revision: str | None = None, trust_remote_code: bo
     kind, path, _ = resolve(source)
     if kind == "gguf":
         return None
-    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                      local_files_only=kind == "hub" and not hub_reachable())
+    try:
+        return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                          local_files_only=kind == "hub" and not hub_reachable())
+    except OSError as error:
+        raise _fetch_error("the config of", source, kind, revision, error) from error
 
 
 def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -152,8 +157,28 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     kind, path, _ = resolve(source)
     if kind == "gguf":
         return _load_gguf(Path(path), torch.float32, tokenizer_only=True)[1]
-    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                         local_files_only=kind == "hub" and not hub_reachable())
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                             local_files_only=kind == "hub" and not hub_reachable())
+    except OSError as error:
+        raise _fetch_error("the tokenizer of", source, kind, revision, error) from error
+
+
+def _fetch_error(what: str, source: str, kind: str, revision: str | None, error: OSError) -> ModelError:
+    """One sentence naming what could not be fetched (model id and revision) and what to do about it.
+
+    transformers reports a missing Hub file, an unreachable Hub and a file absent from the offline cache all
+    as OSError (huggingface_hub's errors subclass it), with a paragraph that does not always name the model."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if kind != "hub":
+        return ModelError(f"cannot load {what} model {source!r}: {first_line}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    where = "HF_HUB_OFFLINE is set, so only the local cache was tried" if offline else (
+        "the Hub was tried" if hub_reachable() else "the Hub is not reachable, so only the local cache was tried")
+    return ModelError(
+        f"cannot fetch {what} model {source!r} (revision {revision or 'main'}) from the Hugging Face Hub: "
+        f"{where} ({first_line}); check the model id and the network, unset HF_HUB_OFFLINE if it is set, "
+        "or pass a local model folder instead")
 
 
 def _quantization_config(quantize: str, dtype: str):
@@ -191,30 +216,94 @@ def load_base(source: str, dtype: str = "fp32", revision: str | None = None, tru
                 local_files_only=offline, **quantized,
             )
     except OSError as error:
-        raise ModelError(f"cannot load model {source!r}: {error}") from error
+        raise _fetch_error("the weights of", source, kind, revision, error) from error
     if attention:
         model.set_attn_implementation(attention)
     model.eval()
     commit = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
-    info = ModelInfo(source, kind, path, commit or revision, weights_fingerprint(model), note)
+    info = ModelInfo(source, kind, path, commit or revision, weights_fingerprint(model), note, quantize)
     return model, tokenizer, info
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Digest of every parameter's name, shape and first 16 values rounded to bf16.
+    """Digest of the base checkpoint: every parameter's name, shape and first 16 values rounded to bf16.
 
     Rounding to bf16 makes the digest the same whether the base was loaded in fp32, bf16 or fp16 from a
-    16-bit checkpoint; two different checkpoints of one architecture differ in their leading values.
+    16-bit checkpoint; two different checkpoints of one architecture differ in their leading values. A
+    bitsandbytes-quantized parameter (4-bit packed uint8, 8-bit int8) no longer holds those values, so its
+    shape and leading values are read from the checkpoint's safetensors files: a 4-bit, an 8-bit and a 16-bit
+    load of one checkpoint give one digest, and it equals the digest runs recorded before quantized loads
+    were fingerprinted this way. GGUF loads are de-quantized on load and so never need the files.
     """
     digest = hashlib.sha256()
+    checkpoint = None
     for name, parameter in model.named_parameters():
         if "lora_" in name:
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
-        head = parameter.detach().reshape(-1)[:16].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(f"{name}{tuple(parameter.shape)}".encode())
-        digest.update(head.numpy().tobytes())
+        if _is_quantized(parameter):
+            checkpoint = checkpoint or _checkpoint_tensors(model)
+            shape, head = _checkpoint_head(checkpoint, name)
+        else:
+            shape, head = tuple(parameter.shape), parameter.detach().reshape(-1)[:16]
+        digest.update(f"{name}{shape}".encode())
+        digest.update(head.to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _is_quantized(parameter: torch.nn.Parameter) -> bool:
+    # bitsandbytes' parameter classes: Params4bit (packed NF4/FP4, uint8) and Int8Params (LLM.int8, int8)
+    return type(parameter).__name__ in ("Params4bit", "Int8Params")
+
+
+def _checkpoint_tensors(model) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it, for the checkpoint `model` was loaded from."""
+    from safetensors import safe_open
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    source = str(getattr(base.config, "_name_or_path", "") or "")
+    files = _safetensors_files(source, getattr(base.config, "_commit_hash", None))
+    if not files:
+        raise ModelError(f"cannot fingerprint the quantized model {source!r}: its safetensors files were not "
+                         "found (a quantized base is fingerprinted from its checkpoint files)")
+    names = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            names.update(dict.fromkeys(handle.keys(), file))
+    return names
+
+
+def _safetensors_files(source: str, commit: str | None) -> list[Path]:
+    """The checkpoint's safetensors files: in a local folder, or in the Hub cache at `commit`."""
+    import json
+
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(source, revision=commit, local_files_only=True))
+        except Exception:  # not in the cache: the caller says what is missing
+            return []
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+
+
+def _checkpoint_head(checkpoint: dict[str, Path], name: str) -> tuple[tuple[int, ...], torch.Tensor]:
+    """(shape, first 16 values) of tensor `name` as stored in the checkpoint, reading only its first rows."""
+    from safetensors import safe_open
+
+    if name not in checkpoint:
+        raise ModelError(f"the quantized parameter {name} is not in the checkpoint files, so the base model "
+                         "cannot be fingerprinted; load it with --quantize none")
+    with safe_open(str(checkpoint[name]), framework="pt") as handle:
+        tensor = handle.get_slice(name)
+        shape = tuple(tensor.get_shape())
+        row = math.prod(shape[1:]) if len(shape) > 1 else 1
+        head = tensor[: max(1, math.ceil(16 / max(row, 1)))] if shape else handle.get_tensor(name)
+    return shape, head.reshape(-1)[:16]
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
@@ -234,6 +323,7 @@ def load_adapter(model, adapter_dir: str | Path, expected_fingerprint: str | Non
     """Load a saved adapter for inference, refusing one trained on a different base model."""
     from peft import PeftModel
 
+    check_adapter_file(Path(adapter_dir))
     actual = weights_fingerprint(model)
     if expected_fingerprint and actual != expected_fingerprint:
         raise ModelError(
@@ -241,6 +331,24 @@ def load_adapter(model, adapter_dir: str | Path, expected_fingerprint: str | Non
             f"but the loaded base has {actual}: refusing to load it onto a different model"
         )
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+
+
+def check_adapter_file(adapter_dir: Path) -> None:
+    """A missing or damaged adapter file fails here with a sentence, not in PEFT, which looks a missing local
+    file up on the Hub ("Cannot find the requested files in the disk cache") or raises a SafetensorError."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing: the run's adapter was not saved completely; "
+                         "train again (or --resume) to write it")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for name in handle.keys():  # reading every tensor catches truncation the header alone does not show
+                handle.get_tensor(name)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise ModelError(f"{weights} is damaged or truncated ({error}); train again (or --resume) to rewrite "
+                         "it") from error
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

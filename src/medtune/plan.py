@@ -24,11 +24,16 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 CHOICES = {"method": ("full", "lora", "qlora"), "dtype": tuple(DTYPE_BYTES),
            "optimizer": ("adamw", "adamw8bit", "sgd"), "device": ("cpu", "cuda"),
-           "attention": ("eager", "sdpa", "flash_attention_2")}
+           "attention": ("eager", "sdpa", "flash_attention_2"), "quantization": ("4bit", "8bit")}
 MIB, GIB = 1 << 20, 1 << 30
-# NF4 packs 2 weights per byte plus one fp32 absmax per 64-weight block (bitsandbytes' default;
-# double quantization off, as in transformers' BitsAndBytesConfig).
-NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
+# NF4 packs 2 weights per byte plus one absmax per 64-weight block; with double quantization (the trainer's
+# BitsAndBytesConfig) each absmax is itself 8-bit, with one fp32 scale per 256 of them.
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+# LLM.int8: one byte per weight, plus one fp32 scale per output row (counted per weight as 4 / in_features).
+INT8_BYTES_PER_PARAM = 1
+# peft.prepare_model_for_kbit_training, which the trainer calls for QLoRA, casts every 16-bit parameter that
+# bitsandbytes did not quantize (embeddings, norms, an untied head) to fp32.
+KBIT_UNQUANTIZED_BYTES = 4
 # PEFT keeps LoRA adapters in fp32 (autocast_adapter_dtype upcasts 16-bit ones).
 ADAPTER_BYTES = 4
 # Dropout keeps its mask for backward: float32 with the CPU kernel (measured), bool on CUDA.
@@ -74,6 +79,7 @@ class PlanInput:
     device: str = "cpu"  # cpu | cuda: which runtime overhead and dropout mask apply
     attention: str | None = None  # eager keeps the [seq, seq] scores; None: the trainer's choice for `device`
     gradient_accumulation_steps: int = 1  # no memory effect; keeps the effective batch in view
+    quantization: str = "4bit"  # method qlora only: 4bit (NF4, double-quantized) | 8bit (LLM.int8)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class ModelShape:
     linear_in: tuple[tuple[str, int], ...]  # one layer's Linears: (name, in_features)
     base_params: int  # tied embeddings counted once
     quantizable_params: int  # decoder Linear weights, which bitsandbytes stores in 4 bit
+    quantizable_rows: int  # their output features summed: LLM.int8 keeps one fp32 scale per row
     lora_params: int
 
 
@@ -137,6 +144,7 @@ class MemoryPlan:
                 "gradient_checkpointing", "optimizer", "lora_r", "lora_dropout", "device",
                 "gradient_accumulation_steps")
         return {**{k: getattr(inp, k) for k in keys}, "weights_dtype": _weights_dtype(inp),
+                "quantization": inp.quantization if inp.method == "qlora" else "none",
                 "attention": _attention(inp),
                 "params": {"total": self.total_params, "trainable": self.trainable_params,
                            "trainable_share": self.trainable_share},
@@ -187,6 +195,7 @@ def model_shape(source: str, lora_r: int, targets: tuple[str, ...]) -> ModelShap
                         if isinstance(m, torch.nn.Linear)),
         base_params=sum(p.numel() for p in model.parameters()),
         quantizable_params=sum(m.weight.numel() for m in linears),
+        quantizable_rows=sum(m.out_features for m in linears),
         lora_params=_count_lora_params(model, source, lora_r, targets) if targets else 0)
 
 
@@ -209,12 +218,16 @@ def _weights_dtype(inp: PlanInput) -> str:
 
 
 def _weight_bytes(shape: ModelShape, inp: PlanInput) -> int:
-    """Base weights in their storage dtype; QLoRA keeps decoder Linears in NF4, the rest unquantized."""
-    stored = DTYPE_BYTES[_weights_dtype(inp)]
+    """Base weights in their storage dtype; QLoRA keeps decoder Linears in NF4 (or int8) and the rest in fp32,
+    where prepare_model_for_kbit_training puts them (tests/test_qlora.py measures it)."""
     if inp.method != "qlora":
-        return shape.base_params * stored
+        return shape.base_params * DTYPE_BYTES[_weights_dtype(inp)]
     other = shape.base_params - shape.quantizable_params  # embeddings (tied head) and norms
-    return int(shape.quantizable_params * NF4_BYTES_PER_PARAM) + other * stored
+    if inp.quantization == "8bit":
+        quantized = shape.quantizable_params * INT8_BYTES_PER_PARAM + 4 * shape.quantizable_rows
+    else:
+        quantized = int(shape.quantizable_params * NF4_BYTES_PER_PARAM)
+    return quantized + other * KBIT_UNQUANTIZED_BYTES
 
 
 def _trainable_dtype_bytes(inp: PlanInput) -> int:
@@ -471,9 +484,35 @@ def _lengths_from_metrics(run_dir: Path, rows_per_step: int) -> dict:
     return {"seq_len": int(longest["padded_length"]), "supervised_fraction": min(1.0, share)}
 
 
+def input_from_config(config: dict, dtype: str, device: str, device_memory_bytes: int | None = None,
+                      quantization: str = "none", attention: str | None = None, **lengths) -> PlanInput:
+    """The plan of one training setting as the trainer runs it: `config` holds TrainConfig's keys (missing ones
+    take TrainConfig's defaults), `dtype` the resolved compute dtype (base weights are loaded in it),
+    `device` a torch device string, `quantization` the resolved 4bit/8bit/none (4bit/8bit plan QLoRA).
+
+    train (quantize=auto), doctor, `plan --model` and `plan --from-run` all plan through here, so one setting
+    gives one figure everywhere."""
+    from medtune.config import TrainConfig
+
+    values = {**TrainConfig().to_dict(), **{k: v for k, v in config.items() if v is not None}}
+    targets = values["lora_target_modules"]
+    quantized = quantization in ("4bit", "8bit")
+    return PlanInput(
+        model=str(values["model"]), method="qlora" if quantized else values.get("method", "lora"),
+        quantization=quantization if quantized else "4bit", dtype=dtype,
+        batch_size=int(values["batch_size"]), seq_len=int(values["max_seq_len"]),
+        gradient_checkpointing=bool(values["gradient_checkpointing"]), optimizer=values.get("optimizer", "adamw"),
+        lora_r=int(values["lora_r"]), lora_dropout=float(values["lora_dropout"]),
+        lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
+        gradient_accumulation_steps=int(values["grad_accum"]), device_memory_bytes=device_memory_bytes,
+        # ROCm reports "cuda" too; MPS shares host memory, so the CPU baseline applies there.
+        device="cuda" if str(device).startswith("cuda") else "cpu", attention=attention, **lengths)
+
+
 def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) -> PlanInput:
-    """A run's exact settings: config.yaml (what was asked), manifest.json (the dtype and device used) and,
-    when recorded, metrics.jsonl (the padded length and supervised share of its longest micro-batch)."""
+    """A run's exact settings: config.yaml (what was asked), manifest.json (the dtype, device and quantization
+    used) and, when recorded, metrics.jsonl (the padded length and supervised share of its longest
+    micro-batch)."""
     import yaml
 
     config = _read_run_file(Path(run_dir) / "config.yaml", yaml.safe_load)
@@ -481,42 +520,56 @@ def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) 
     missing = [k for k in ("model", "batch_size", "max_seq_len") if k not in config]
     if missing:
         raise ValueError(f"{Path(run_dir) / 'config.yaml'} lacks {', '.join(missing)}.")
-    # ROCm reports "cuda" too; MPS shares host memory, so the CPU baseline applies there.
-    device = "cuda" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"
-    targets = config.get("lora_target_modules") or DEFAULT_TARGETS
     processes = int(manifest.get("processes", 1))
     rows_per_step = int(config["batch_size"]) * int(config.get("grad_accum", 1)) * processes
-    lengths = {"seq_len": int(config["max_seq_len"])} | _lengths_from_metrics(Path(run_dir), rows_per_step)
-    return PlanInput(
-        model=str(config["model"]), method=config.get("method", "lora"),
-        dtype=str(manifest.get("dtype", config.get("dtype"))),  # config may say "auto"; manifest resolves
-        batch_size=int(config["batch_size"]),
-        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
-        optimizer=config.get("optimizer", "adamw"), lora_r=int(config.get("lora_r", 16)),
-        lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
-        lora_dropout=float(config.get("lora_dropout", 0.05)), device_memory_bytes=device_memory_bytes,
-        device=device, attention=manifest.get("attention"),
-        **lengths)
+    lengths = _lengths_from_metrics(Path(run_dir), rows_per_step)
+    # config may say "auto" for dtype and quantize; the manifest records what the run resolved them to
+    quantization = manifest.get("quantization") or (manifest.get("base_model") or {}).get("quantization", "none")
+    return input_from_config({"grad_accum": 1, **config}, dtype=str(manifest.get("dtype", config.get("dtype"))),
+                             device=str(manifest.get("device", "cpu")), device_memory_bytes=device_memory_bytes,
+                             quantization=quantization, attention=manifest.get("attention"), **lengths)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `medtune plan` options."""
+    """The `medtune plan` options; their defaults are `medtune train`'s (TrainConfig), so a plan with no
+    options is the plan of a run with none."""
+    from medtune.config import TrainConfig
+
+    train = TrainConfig()
     parser.add_argument("--model", help="Hub id, model folder or config.json (required unless --from-run)")
-    parser.add_argument("--method", choices=CHOICES["method"], default="lora")
-    parser.add_argument("--dtype", choices=CHOICES["dtype"], default="bf16")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per example")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--method", choices=CHOICES["method"], default="lora", help="qlora: 4-bit NF4 base")
+    parser.add_argument("--dtype", choices=("auto", *CHOICES["dtype"]), default="auto",
+                        help="compute dtype (default auto: the trainer's choice for --device, without its probe)")
+    parser.add_argument("--batch-size", type=int, default=train.batch_size)
+    parser.add_argument("--seq-len", type=int, default=train.max_seq_len, help="tokens per example")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                        default=train.gradient_checkpointing)
     parser.add_argument("--optimizer", choices=CHOICES["optimizer"], default="adamw")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--lora-r", type=int, default=train.lora_r)
+    parser.add_argument("--lora-dropout", type=float, default=train.lora_dropout)
     parser.add_argument("--device-memory", type=_memory_arg, help="e.g. 80GiB, 24GB or bytes")
-    parser.add_argument("--device", choices=CHOICES["device"], default="cpu", help="which runtime overhead applies")
+    parser.add_argument("--device", choices=("auto", *CHOICES["device"]), default="auto",
+                        help="which runtime overhead applies (default auto: this machine's, as the trainer picks)")
     parser.add_argument("--attention", choices=CHOICES["attention"],
                         help="default: the trainer's choice for --device (eager on cpu, sdpa on cuda)")
     parser.add_argument("--from-run", metavar="RUN_DIR",
                         help="estimate a run's exact settings (other options ignored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """('cpu' | 'cuda', dtype) for 'auto' values, as the trainer would choose them on this machine; a GPU
+    planned for from a machine without one is assumed to compute in bf16."""
+    import torch
+
+    from medtune.device import select_device, select_dtype
+
+    if device == "auto":
+        device = "cuda" if select_device("auto").value.startswith("cuda") else "cpu"
+    if dtype == "auto":
+        on_gpu = device == "cuda" and torch.cuda.is_available()
+        dtype = "bf16" if device == "cuda" and not on_gpu else select_dtype("auto", device).value
+    return device, dtype
 
 
 def run(args: argparse.Namespace) -> int:
@@ -525,12 +578,14 @@ def run(args: argparse.Namespace) -> int:
         if args.from_run:
             inp = input_from_run(args.from_run, args.device_memory)
         elif args.model:
-            inp = PlanInput(model=args.model, method=args.method, dtype=args.dtype,
-                            batch_size=args.batch_size, seq_len=args.seq_len,
-                            gradient_checkpointing=args.gradient_checkpointing,
-                            optimizer=args.optimizer, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
-                            device_memory_bytes=args.device_memory, device=args.device,
-                            attention=args.attention)
+            device, dtype = resolve_device_dtype(args.device, args.dtype)
+            setting = {"model": args.model, "method": args.method, "batch_size": args.batch_size,
+                       "max_seq_len": args.seq_len, "gradient_checkpointing": args.gradient_checkpointing,
+                       "optimizer": args.optimizer, "lora_r": args.lora_r, "lora_dropout": args.lora_dropout,
+                       "grad_accum": 1}
+            inp = input_from_config(setting, dtype, device, args.device_memory,
+                                    quantization="4bit" if args.method == "qlora" else "none",
+                                    attention=args.attention)
         else:
             raise ValueError("medtune plan needs --model or --from-run.")
         plan = estimate(inp)

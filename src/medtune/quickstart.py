@@ -26,7 +26,8 @@ def demo_path() -> Path:
 
 
 def _split_demo(folder: Path) -> tuple[str, str]:
-    """Every third demo row is held out (20 of 60), the rest (40) train; written as two JSONL files."""
+    """Every third demo row is held out (20 of 60), the rest (40) are training rows, of which `quickstart`
+    keeps 8 as the dev slice (32 are trained on); written as two JSONL files."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = demo_path().read_text(encoding="utf-8").splitlines(keepends=True)
     train_file, held_out_file = folder / "demo-train.jsonl", folder / "demo-heldout.jsonl"
@@ -63,7 +64,10 @@ def quickstart(output: Path, data: str | None = None, eval_data: str | None = No
     held_out, _ = load_examples(config.eval_data, split=config.eval_split, skip_invalid=True, limit=config.eval_limit)
 
     print(f"[medtune] 1/4 evaluating the base model on {len(held_out)} held-out questions")
-    before = evaluate_to_dir(Answerer.from_model(config.model, "cpu", "fp32"), held_out, output / "eval-before")
+    # dtype "auto": the one rule eval, ask and serve follow (answer._inference_dtype), so `medtune eval` of this
+    # run reproduces the quickstart's figures; the eval folders are the quickstart's own, rewritten on a re-run.
+    before = evaluate_to_dir(Answerer.from_model(config.model, "cpu", "auto"), held_out, output / "eval-before",
+                             overwrite=True)
     run = RunDir(config.output)
     if run.is_run():
         print(f"[medtune] 2/4 {run.root} is already trained: reusing it (delete it to train again)")
@@ -71,8 +75,8 @@ def quickstart(output: Path, data: str | None = None, eval_data: str | None = No
         print("[medtune] 2/4 fine-tuning a LoRA adapter")
         train(config)
     print("[medtune] 3/4 evaluating the fine-tuned model on the same questions")
-    answerer = Answerer.from_run(run.root, "cpu", "fp32")
-    after = evaluate_to_dir(answerer, held_out, output / "eval-after")
+    answerer = Answerer.from_run(run.root, "cpu", "auto")
+    after = evaluate_to_dir(answerer, held_out, output / "eval-after", overwrite=True)
     sample = held_out[0]
     print(f"[medtune] 4/4 answering a held-out question:\n  {sample.question}")
     answer = answerer.answer(sample.question, list(sample.options), explain=True, max_new_tokens=80)

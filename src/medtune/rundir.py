@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +54,34 @@ class RunDir:
         done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "trainer_state.json").exists())
         return done[-1] if done else None
 
+    def clear(self) -> None:
+        """Delete what a run writes (for --overwrite); other files the user put in the folder stay."""
+        for path in (self.adapter, self.checkpoints):
+            if path.exists():
+                shutil.rmtree(path)
+        for path in (self.config, self.prompt, self.manifest, self.metrics, self.report):
+            path.unlink(missing_ok=True)
+
+
+def _strict(value):
+    """NaN and infinity -> None: JSON has no such numbers, and strict parsers reject Python's `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    return value
+
 
 def write_json(path: Path, values: dict) -> None:
     """Write through a temporary file so a killed process never leaves half a file."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(_strict(values), indent=2, sort_keys=False, default=str, allow_nan=False)
+    temporary.write_text(text + "\n", encoding="utf-8")
     temporary.replace(path)
 
 
 def append_jsonl(path: Path, values: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(values, default=str) + "\n")
+        handle.write(json.dumps(_strict(values), default=str, allow_nan=False) + "\n")

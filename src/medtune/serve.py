@@ -2,8 +2,9 @@
 
 Questions that arrive together are scored in one `Answerer.score` call (`evaluate.choice_logprobs`, what
 `medtune eval` scores with), so letters and probabilities match evaluation. One asyncio worker feeds one
-model thread (`medtune.web.batching`). The queue is bounded, so a burst gets 503 + Retry-After instead
-of a wait that grows without limit.
+model thread (`medtune.web.batching`). The queue is bounded for every route that uses the model (streams
+included), so a burst gets 503 + Retry-After instead of a wait that grows without limit; each request has
+a deadline, after which it gets 504 and its work is dropped.
 """
 
 import argparse
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -22,16 +22,17 @@ from typing import Annotated
 
 from medtune import __version__
 from medtune.answer import add_model_arguments, answerer_from_args
-from medtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, DataError, MCQExample, example_from_input
-from medtune.web.batching import Batcher
+from medtune.data import MAX_OPTIONS, MIN_OPTIONS, MCQExample, example_from_input
+from medtune.web.batching import Batcher, RequestTimeout
 
 try:  # the `serve` extra: without it the other commands and `medtune serve --help` still work
     from fastapi import APIRouter, Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException
+
+    from medtune.web.errors import BodyLimit, add_error_handlers
 except ImportError as missing:
     _MISSING_EXTRA: ImportError | None = missing
 else:
@@ -55,12 +56,18 @@ class Settings:
     api_key: str | None = field(default_factory=lambda: os.environ.get("MEDTUNE_API_KEY") or None, repr=False)
     cors_origins: tuple[str, ...] = ()  # off: browsers may call the API only from the page it serves
     max_new_tokens: int = 160  # explanation length, as `medtune ask`
+    # 8 explanations of 160 tokens take ~1 min for a 135M model on 2 CPU cores: a request's share of the model
+    max_explanations: int = 8
+    request_timeout: float = 120.0  # seconds; above that batch of explanations on a CPU, below a client's patience
 
     def __post_init__(self):
         for item in fields(self):
-            value, least = getattr(self, item.name), 0 if item.name == "max_wait_ms" else 1
+            value, least = getattr(self, item.name), _LEAST.get(item.name, 1)
             if isinstance(value, int | float) and value < least:
                 raise ValueError(f"serve setting {item.name} is {value}; it must be at least {least}")
+
+
+_LEAST = {"max_wait_ms": 0, "request_timeout": 0.1}  # every other number must be at least 1
 
 
 _DEFAULTS = Settings(api_key=None)
@@ -75,7 +82,7 @@ def create_app(answerer, settings: Settings | None = None) -> "FastAPI":
         raise ImportError(_MISSING_MESSAGE) from _MISSING_EXTRA
     settings = settings or Settings()
     batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
-                      settings.max_new_tokens)
+                      settings.max_new_tokens, settings.request_timeout)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -83,13 +90,14 @@ def create_app(answerer, settings: Settings | None = None) -> "FastAPI":
         yield
         await batcher.stop()
 
-    app = FastAPI(title="medtune", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their JavaScript from a CDN; /openapi.json stays.
+    app = FastAPI(title="medtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Answers medical multiple-choice questions: the letter, every option's "
                               "probability and an explanation. A research tool, not for clinical decisions.")
     app.state.batcher = batcher
-    _add_error_handlers(app)
+    add_error_handlers(app)
     _add_routes(app, batcher, settings)
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # added last, so outermost: refusals (401, 413) carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"],
@@ -140,13 +148,21 @@ def _add_routes(app: "FastAPI", batcher: Batcher, settings: Settings) -> None:
     v1 = APIRouter(prefix="/v1", dependencies=key_check)
     gone = 499  # nobody reads this status: the client hung up
 
-    async def answers(request: Request, examples: list[MCQExample], explain: list[bool]):
+    def admit(examples: list[MCQExample], explain: list[bool], streamed: bool = False):
         if batcher.health != "ok":  # refuse rather than queue work that no worker would take
             raise _not_ready(batcher)
-        futures = batcher.submit(examples, explain)
-        if futures is None:
+        if sum(explain) > settings.max_explanations:
+            raise HTTPException(422, f"request: field 'questions': {sum(explain)} ask for an explanation; at "
+                                     f"most {settings.max_explanations} per request: set \"explain\": false on "
+                                     "the others or send them in another request")
+        jobs = batcher.submit(examples, explain, _streamer(batcher) if streamed and explain[0] else None)
+        if jobs is None:
             raise HTTPException(503, "the queue is full; retry shortly", headers={"Retry-After": "1"})
-        return await _await_or_hang_up(request, futures)
+        return jobs
+
+    async def answers(request: Request, examples: list[MCQExample], explain: list[bool]):
+        jobs = admit(examples, explain)
+        return await _await_or_hang_up(request, [job.future for job in jobs])
 
     def to_json(answer) -> dict:
         return {**answer.to_dict(), "model": _public_description(batcher.answerer.description)}
@@ -165,11 +181,12 @@ def _add_routes(app: "FastAPI", batcher: Batcher, settings: Settings) -> None:
     @v1.post("/answer/stream", responses={200: {"content": {"text/event-stream": {}}}, **errors})
     async def answer_stream(body: Question, request: Request):
         """Server-sent events: `answer` (letter, probs, model), `token`s of the explanation, then `done`."""
-        example = _example(body, "request")
-        found = await answers(request, [example], [False])  # scored in a batch like any other question
+        job = admit([_example(body, "request")], [body.explain], streamed=True)[0]
+        # scored in a batch like any other question; its explanation waits its turn and counts in the bound
+        found = await _await_or_hang_up(request, [job.future if job.scored is None else job.scored])
         if not found:
             return Response(status_code=gone)
-        events = _events(batcher, example, to_json(found[0]), body.explain)
+        events = _events(job, to_json(found[0]))
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -194,7 +211,8 @@ def _add_routes(app: "FastAPI", batcher: Batcher, settings: Settings) -> None:
 _PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                 "connect-src 'self'; img-src data:; frame-ancestors 'none'")
 _ERRORS = [(400, "invalid JSON"), (401, "missing or wrong API key"), (413, "body too large"),
-           (422, "invalid field"), (500, "internal error"), (503, "queue full or model not loaded (see Retry-After)")]
+           (422, "invalid field"), (500, "internal error"), (503, "queue full or model not loaded (see Retry-After)"),
+           (504, "the request's deadline passed (--request-timeout); its work was dropped")]
 
 
 def _not_ready(batcher: Batcher) -> "HTTPException":
@@ -224,51 +242,37 @@ async def _disconnected(request: "Request") -> None:
         pass
 
 
-async def _events(batcher: Batcher, example: MCQExample, answer: dict, explain: bool):
-    yield _sse("answer", {key: answer[key] for key in ("answer", "probs", "model")})
-    explanation = None
-    if explain:
-        from transformers import AsyncTextIteratorStreamer
+def _streamer(batcher: Batcher):
+    from transformers import AsyncTextIteratorStreamer
 
-        tokenizer = batcher.answerer.tokenizer
-        streamer = AsyncTextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop = threading.Event()  # set when the client leaves mid-stream: generation ends at the next token
-        generation = asyncio.ensure_future(batcher.on_model(
-            _generate_streamed, batcher.answerer, example, LETTERS.index(answer["answer"]),
-            batcher.max_new_tokens, streamer, stop))
-        try:
-            async for text in streamer:
-                if text:
-                    yield _sse("token", {"text": text})
-            explanation = await generation
-        except Exception:
-            log.exception("streaming an explanation failed")
-            yield _sse("error", {"detail": "internal error"})
-            return
-        finally:
-            stop.set()
+    return AsyncTextIteratorStreamer(batcher.answerer.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+async def _events(job, answer: dict):
+    """`answer`, then the explanation's `token`s and `done`; `error` instead of `done` if it fails or times out."""
+    yield _sse("answer", {key: answer[key] for key in ("answer", "probs", "model")})
+    if job.streamer is None:
+        yield _sse("done", {"explanation": None})
+        return
+    try:
+        async for text in job.streamer:
+            if text:
+                yield _sse("token", {"text": text})
+        explanation = (await job.future).explanation
+    except RequestTimeout as error:  # the status line has gone: the deadline can only be said here
+        yield _sse("error", {"detail": str(error)})
+        return
+    except Exception:
+        log.exception("streaming an explanation failed")
+        yield _sse("error", {"detail": "internal error"})
+        return
+    finally:
+        job.future.cancel()  # a client that leaves mid-stream stops the generation at its next token
     yield _sse("done", {"explanation": explanation})
 
 
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _generate_streamed(answerer, example: MCQExample, index: int, max_new_tokens: int, streamer, stop) -> str:
-    """`Answerer.explain`, with text sent to `streamer` as it comes and a switch that ends it early."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class UntilStopped(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    try:
-        return answerer.explain(example, index, max_new_tokens, streamer=streamer,
-                                stopping_criteria=StoppingCriteriaList([UntilStopped()]))
-    except BaseException:
-        streamer.end()  # wake the reader, which would otherwise wait for text forever
-        raise
 
 
 def _key_check(expected: str):
@@ -295,77 +299,6 @@ def _public_description(description: dict) -> dict:
     return public
 
 
-def _add_error_handlers(app: "FastAPI") -> None:
-    """Every error is {"detail": "<where>: field '<name>': <problem>"}; no stack trace or path leaves."""
-
-    async def invalid_request(request, error: RequestValidationError):
-        problems = error.errors()
-        bad_json = next((p for p in problems if p["type"] == "json_invalid"), None)
-        if bad_json:
-            reason = (bad_json.get("ctx") or {}).get("error", "cannot be parsed")
-            return _error(400, f"request: field 'body': invalid JSON ({reason})")
-        return _error(422, "; ".join(_describe(problem) for problem in problems))
-
-    async def bad_question(request, error: DataError):
-        return _error(422, str(error))
-
-    async def internal(request, error: Exception):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-        return _error(500, "internal error")
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(DataError, bad_question)
-    app.add_exception_handler(Exception, internal)
-
-
-def _describe(problem: dict) -> str:
-    """A pydantic error as "questions[2]: field 'options': List should have at least 2 items ..."."""
-    parts = list(problem["loc"][1:])  # loc starts with "body"
-    where = "request"
-    if len(parts) > 2 and parts[0] == "questions" and isinstance(parts[1], int):
-        where, parts = f"questions[{parts[1]}]", parts[2:]
-    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
-    return f"{where}: field '{name}': {problem['msg']}"
-
-
-def _error(status: int, detail: str, headers: dict | None = None) -> "JSONResponse":
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-class _BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413, counting what arrives: Content-Length may be
-    absent (chunked uploads) or lie. The body is held and replayed to the app, so it is read once."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        too_large = _error(413, f"request: field 'body': larger than {self.limit} bytes")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await too_large(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body, more = body + message.get("body", b""), message.get("more_body", False)
-            if len(body) > self.limit:
-                return await too_large(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
 # ------------------------------------------------------------------ command line
 
 _LIMITS = [("max_batch_size", int, "questions scored in one forward pass"),
@@ -374,7 +307,10 @@ _LIMITS = [("max_batch_size", int, "questions scored in one forward pass"),
            ("max_question_chars", int, "longest question accepted"),
            ("max_option_chars", int, "longest option accepted"),
            ("max_body_bytes", int, "largest request body; larger gets 413"),
-           ("max_new_tokens", int, "explanation length limit in tokens")]
+           ("max_new_tokens", int, "explanation length limit in tokens"),
+           ("max_explanations", int, "questions in one request that may ask for an explanation; more gets 422"),
+           ("request_timeout", float, "seconds a request may take; then 504 and its work (queued questions, a "
+                                      "generation in progress) is dropped")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

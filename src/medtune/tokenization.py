@@ -18,7 +18,13 @@ IGNORE = -100  # label value that cross-entropy skips: prompt tokens and padding
 
 
 class PromptError(ValueError):
-    """The prompt cannot be scored with this tokenizer, or an example does not fit the length limit."""
+    """The prompt cannot be scored with this tokenizer, or an example does not fit the length limit.
+
+    `reason` is the short key a skipped row is counted under: "too_long", "letter_token" or "prompt"."""
+
+    def __init__(self, message: str, reason: str = "prompt"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def letter_token_ids(tokenizer, template: PromptTemplate, n_options: int = len(L
         if len(pieces) != 1:
             raise PromptError(
                 f"the answer letter {template.letter_text(letter)!r} is {len(pieces)} tokens with this tokenizer; "
-                "scoring needs exactly one token per letter (try another --prompt-format)"
+                "scoring needs exactly one token per letter (try another --prompt-format)", "letter_token",
             )
         ids.append(pieces[0])
     if sample is not None:
@@ -60,7 +66,7 @@ def _check_letters_in_context(tokenizer, template: PromptTemplate, sample: MCQEx
         if joined != prompt_ids + [letter_id]:
             raise PromptError(
                 f"after the prompt, {template.letter_text(letter)!r} does not tokenize as one separate token "
-                f"(prompt ends {prompt[-20:]!r}); the scored position would not match natural text"
+                f"(prompt ends {prompt[-20:]!r}); the scored position would not match natural text", "letter_token",
             )
 
 
@@ -76,11 +82,13 @@ def encode_example(
     if tokenizer.eos_token_id is not None:
         target_ids.append(tokenizer.eos_token_id)
     if target_ids[0] != letter_ids[example.answer]:
-        raise PromptError(f"example {example.id!r}: the target does not start with the answer letter token")
+        raise PromptError(f"example {example.id!r}: the target does not start with the answer letter token",
+                          "letter_token")
     room = max_len - len(prompt_ids)
     if room < 2:  # the letter and at least one more token (")")
         raise PromptError(
-            f"example {example.id!r}: the prompt is {len(prompt_ids)} tokens, too long for max_seq_len={max_len}"
+            f"example {example.id!r}: the prompt is {len(prompt_ids)} tokens, too long for max_seq_len={max_len}",
+            "too_long",
         )
     target_ids = target_ids[:room]
     return Encoded(prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids)

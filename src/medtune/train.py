@@ -1,18 +1,18 @@
 """train(config) -> run directory: LoRA fine-tuning with the loss on the answer and explanation only.
 
-One loop, read top to bottom. accelerate brings device placement and multi-process data parallelism
-(`accelerate launch` / `torchrun`); everything else -- batching, masking, the schedule, autocast and fp16
-loss scaling, the non-finite guard, checkpoints -- is here so it can be read.
+One loop, read top to bottom: setup, then optimizer steps, then the finished run directory. accelerate brings
+device placement and data parallelism (`accelerate launch` / `torchrun`); `fsdp=true` shards the frozen
+decoder layers across processes with torch's FSDP2. Everything else -- batching, masking, the schedule,
+autocast and fp16 loss scaling, the non-finite guard, checkpoints -- is here or in checkpoints.py, so it can
+be read.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
+import os
 import platform
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,15 +21,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from medtune import __version__
+from medtune.checkpoints import (
+    Precision,
+    adapter_state,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    set_adapter_state,
+    snapshot,
+)
 from medtune.config import TrainConfig
 from medtune.data import LETTERS, MCQExample, load_examples, split_dev
 from medtune.device import (
-    DTYPES,
     Choice,
+    HardwareError,
     apply_visible_devices,
     backend,
     next_safer_dtype,
@@ -43,8 +51,6 @@ from medtune.modeling import add_lora, count_parameters, load_base, model_config
 from medtune.prompts import template_for
 from medtune.rundir import RunDir, append_jsonl, write_json
 from medtune.tokenization import IGNORE, Encoded, PromptError, collate, encode_example, letter_token_ids, pad_token_id
-
-KEEP_CHECKPOINTS = 2
 
 
 class AnswerLoss(torch.nn.Module):
@@ -99,7 +105,56 @@ def step_batch(step: int, n: int, global_batch: int, seed: int) -> list[int]:
     return order[offset * global_batch : (offset + 1) * global_batch]
 
 
-def _load_data(config: TrainConfig, tokenizer, template, log) -> _Data:
+def micro_batches(rows: list[int], rank: int, world: int, batch_size: int, lengths: list[int]) -> list[list[int]]:
+    """This process's micro-batches of one optimizer step: rows[rank::world], shortest first, in chunks.
+
+    Every process gets the same number of micro-batches: where its share runs out (the last step of an epoch
+    can hold fewer rows than processes), the list is filled with `[]`, which the loop runs as a weightless
+    stand-in. Each forward and backward is a collective under DDP and FSDP, so a process that skipped one
+    would leave the others waiting forever.
+    """
+    shares = [rows[r::world] for r in range(world)]
+    count = max(1, max(math.ceil(len(share) / batch_size) for share in shares))
+    mine = sorted(shares[rank], key=lambda i: lengths[i])
+    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    return chunks + [[] for _ in range(count - len(chunks))]
+
+
+def _launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started (read before any of them initializes)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def pin_device(device: str, world: int) -> None:
+    """Make GPU N current for `cuda:N`, before accelerate or bitsandbytes place anything.
+
+    In one process accelerate uses the *current* CUDA device, so without this the run would land on GPU 0
+    while the manifest says N. Several processes each take the GPU of their local rank; one index for all
+    of them cannot be honoured, so it is refused.
+    """
+    if not device.startswith("cuda:"):
+        return
+    if world > 1:
+        raise HardwareError(f"--device {device} names one GPU, but {world} processes were launched and each takes "
+                            "the GPU of its local rank: use --device cuda, and choose the GPUs with "
+                            "--cuda-visible-devices (or CUDA_VISIBLE_DEVICES)")
+    torch.cuda.set_device(int(device.partition(":")[2]))
+
+
+def _prepare_output(run: RunDir, config: TrainConfig) -> None:
+    """Never lose work silently: a finished or interrupted run is continued or replaced only when asked."""
+    finished, checkpoint = run.is_run(), run.latest_checkpoint()
+    if config.overwrite:
+        run.clear()
+    elif finished:
+        raise FileExistsError(f"{run.root} already holds a finished run; choose another --output, or pass "
+                              "--overwrite to replace it")
+    elif checkpoint and not config.resume:
+        raise FileExistsError(f"{run.root} holds an unfinished run (last checkpoint: {checkpoint.name}): continue it "
+                              f"with `medtune train --output {run.root} --resume`, or start over with --overwrite")
+
+
+def _load_data(config: TrainConfig, tokenizer, template, world: int, log) -> _Data:
     train, train_report = load_examples(config.data, split=config.train_split, answer_base=config.answer_base,
                                         skip_invalid=config.skip_invalid, limit=config.limit)
     log(f"training data: {config.data}: {train_report.rows_loaded} rows ({train_report.answer_base_reason})"
@@ -122,50 +177,26 @@ def _load_data(config: TrainConfig, tokenizer, template, log) -> _Data:
     for example in train:
         try:
             encoded.append(encode_example(tokenizer, template, example, letter_ids, config.max_seq_len))
-        except PromptError:
+        except PromptError as error:
             if not config.skip_invalid:
                 raise
-            reports["train"]["skipped"]["too_long"] = reports["train"]["skipped"].get("too_long", 0) + 1
+            skipped = reports["train"]["skipped"]
+            skipped[error.reason] = skipped.get(error.reason, 0) + 1
+    step_rows = config.batch_size * config.grad_accum * world
+    if len(encoded) < step_rows:
+        raise ValueError(f"only {len(encoded)} rows are left to train on ({len(dev)} held for dev), fewer than one "
+                         f"optimizer step takes (batch_size {config.batch_size} x grad_accum {config.grad_accum} x "
+                         f"{world} process{'es' if world > 1 else ''} = {step_rows}): use more rows, or lower "
+                         "batch_size, grad_accum or dev_size")
+    log(f"{len(encoded)} rows train, {len(dev)} are held out as the dev slice (dev_size {config.dev_size})")
     reports.update(train_rows=len(encoded), dev_rows=len(dev), dev_ids=[e.id for e in dev])
     return _Data(dev, encoded, reports)
 
 
-def _save_checkpoint(run: RunDir, step: int, model, optimizer, best: dict) -> None:
-    """Adapter, optimizer moments and RNG state as safetensors + JSON (no pickle); state file last."""
-    from peft import get_peft_model_state_dict
-
-    folder = run.checkpoint(step)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
-              folder / "adapter.safetensors")
-    state = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    tensors["torch_rng"] = torch.get_rng_state()
-    save_file(tensors, folder / "optimizer.safetensors")
-    write_json(folder / "trainer_state.json", {"step": step, "param_groups": state["param_groups"],
-                                               "best": best})
-    for old in sorted(run.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old)
-
-
-def _load_checkpoint(folder: Path, model, optimizer) -> dict:
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(model, load_file(folder / "adapter.safetensors"))
-    saved = json.loads((folder / "trainer_state.json").read_text())
-    tensors = load_file(folder / "optimizer.safetensors")
-    torch.set_rng_state(tensors.pop("torch_rng"))
-    moments: dict = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": saved["param_groups"]})
-    return saved
-
-
-def _dev_accuracy(model, tokenizer, template, dev: list[MCQExample]) -> float:
+def _dev_accuracy(model, tokenizer, template, dev: list[MCQExample]) -> float | None:
+    """Accuracy on the dev slice; None when there is none (JSON null, never NaN)."""
     if not dev:
-        return float("nan")
+        return None
     predicted = choice_logprobs(model, tokenizer, template, dev, batch_size=16).argmax(-1)
     return sum(int(p) == e.answer for p, e in zip(predicted.tolist(), dev)) / len(dev)
 
@@ -181,79 +212,76 @@ def _versions() -> dict:
             "accelerate": accelerate.__version__, "datasets": datasets.__version__}
 
 
-class _Precision:
-    """The compute dtype of the forward pass, with fp16 loss scaling; can step down to a safer dtype."""
-
-    def __init__(self, dtype: str, device_type: str):
-        self.device_type = device_type
-        self._use(dtype)
-
-    def _use(self, dtype: str) -> None:
-        self.dtype = dtype
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=dtype == "fp16")
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32")
-
-    def step_down(self, model, to: str) -> None:
-        """Continue in `to`: frozen base weights follow (LoRA weights are fp32 throughout)."""
-        for parameter in model.parameters():
-            if not parameter.requires_grad and parameter.is_floating_point():
-                parameter.data = parameter.data.to(DTYPES[to])
-        self._use(to)
+def _wants_fsdp(config: TrainConfig) -> bool:
+    """`fsdp=true`, or `accelerate launch` with an FSDP config (it says so in ACCELERATE_USE_FSDP)."""
+    return config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
-def _snapshot(model, optimizer, step: int, best: dict) -> dict:
-    """In-memory copy of everything a rollback restores: the last good checkpoint's state."""
-    from peft import get_peft_model_state_dict
+def shard_frozen_layers(model) -> None:
+    """FSDP2: shard each decoder layer's frozen weights across the processes, which all-gather a layer just
+    before they use it. The LoRA weights (about 1% of the model) stay whole on every process, so the optimizer,
+    checkpoints and the saved adapter are the same as without sharding; their gradients are averaged by
+    `_average_gradients`. Embeddings and the head stay whole too: they are called outside the layers' forward."""
+    from torch.distributed.fsdp import fully_shard
 
-    return {"adapter": {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()), "rng": torch.get_rng_state(), "step": step,
-            "best": dict(best)}
+    layers = getattr(model.get_base_model().get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError("fsdp=true needs a decoder with a `layers` list (Llama/Qwen/Mistral-style models)")
+    for layer in layers:
+        fully_shard(layer, ignored_params={p for p in layer.parameters() if p.requires_grad})
 
 
-def _restore(snapshot: dict, model, optimizer) -> None:
-    from peft import set_peft_model_state_dict
+def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """What DDP does in backward, for the FSDP path: each LoRA gradient becomes the mean over processes."""
+    import torch.distributed as dist
 
-    set_peft_model_state_dict(model, snapshot["adapter"])
-    optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-    torch.set_rng_state(snapshot["rng"])
+    for parameter in parameters:
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.AVG)
 
 
 def train(config: TrainConfig, progress: bool = True) -> RunDir:
     """Fine-tune a LoRA adapter as `config` says; returns the finished run directory."""
     from accelerate import Accelerator
 
+    # --- setup: hardware, model, data ------------------------------------------------------------------
     run = RunDir(config.output)
-    if run.is_run() and not config.resume:
-        raise FileExistsError(f"{run.root} already holds a finished run; choose another --output or pass --resume")
+    _prepare_output(run, config)
     apply_visible_devices(config.cuda_visible_devices, config.hip_visible_devices)  # before any CUDA call
     device = select_device(config.device)
-    # 'auto' probes one step of this architecture (shrunk) per candidate dtype and takes the first finite one
-    dtype = select_dtype(config.dtype, device.value,
-                         model_config(config.model, config.revision, config.trust_remote_code))
-    # accelerate brings device placement and DDP; autocast and loss scaling are ours (_Precision), so the
-    # NaN guard can step down to a safer dtype in the middle of a run.
-    accelerator = Accelerator(cpu=device.value == "cpu")
-    main = accelerator.is_main_process
+    pin_device(device.value, _launched_processes())
+    # Mixed precision off: autocast and loss scaling are ours (Precision), so the NaN guard can step down to a
+    # safer dtype mid-run, and an `accelerate launch` config cannot wrap a second autocast around ours.
+    accelerator = Accelerator(cpu=device.value == "cpu", mixed_precision="no")
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
 
     def log(message: str) -> None:
         if main:
             tqdm.write(f"[medtune] {message}")
 
+    # 'auto' probes one step of this architecture (shrunk) per candidate dtype and takes the first finite one;
+    # after the accelerator exists, so each process probes on its own GPU
+    dtype = select_dtype(config.dtype, device.value,
+                         model_config(config.model, config.revision, config.trust_remote_code))
     seed_everything(config.seed, device.value)
-    attention = select_attention(config.attention, device.value)
+    attention = select_attention(config.attention, device.value, dtype.value)
     quantize = _choose_quantization(config, device.value, dtype.value, attention.value)
+    fsdp = _wants_fsdp(config) and world > 1
+    if fsdp and quantize.value != "none":
+        raise HardwareError("fsdp cannot shard a 4-bit or 8-bit base; use one of them: --quantize none with fsdp, "
+                            "or QLoRA without fsdp")
     # Base weights in the compute dtype (the frozen part needs no fp32 master copy, and autocast then has no
-    # weights to cast); LoRA weights stay fp32.
-    model, tokenizer, info = load_base(config.model, dtype.value, config.revision, config.trust_remote_code,
+    # weights to cast); LoRA weights stay fp32. A local model is recorded by its absolute path, so the run
+    # loads from any working directory.
+    local = Path(config.model).expanduser()
+    source = str(local.resolve()) if local.exists() else config.model
+    model, tokenizer, info = load_base(source, dtype.value, config.revision, config.trust_remote_code,
                                        quantize.value, device.value, attention.value)
     if quantize.value != "none":  # QLoRA: norms to fp32, inputs that need gradients for checkpointing
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     template = template_for(tokenizer, config.prompt_format)
-    data = _load_data(config, tokenizer, template, log)
+    data = _load_data(config, tokenizer, template, world, log)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated) to this
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -265,32 +293,41 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     trainable, total = count_parameters(model)
     log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
-        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason}); attention {attention.value}")
+        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason}); attention {attention.value}"
+        + (f"; FSDP over {world} processes" if fsdp else ""))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    loss_module = accelerator.prepare(AnswerLoss(model))
-    world = accelerator.num_processes
+    if fsdp:
+        shard_frozen_layers(model)  # before the optimizer, which must hold the parameters training will update
+        loss_module = AnswerLoss(model)
+    else:
+        loss_module = accelerator.prepare(AnswerLoss(model))  # DDP under several processes
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     global_batch = config.batch_size * config.grad_accum * world
     steps_per_epoch = math.ceil(len(data.encoded) / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup = max(1, round(config.warmup_ratio * total_steps))
     pad = pad_token_id(tokenizer)
-    precision = _Precision(dtype.value, accelerator.device.type)
+    lengths = [len(item.input_ids) for item in data.encoded]
+    precision = Precision(dtype.value, accelerator.device.type)
+    keep_best = config.early_stopping_patience > 0  # then the adapter of the best dev evaluation is the one saved
 
-    step, best = 0, {"dev_accuracy": -1.0, "step": 0, "evals_without_improvement": 0}
+    step, best, best_adapter = 0, {"dev_accuracy": -1.0, "step": 0, "evals_without_improvement": 0}, None
     checkpoint = run.latest_checkpoint() if config.resume else None
     if checkpoint:
-        saved = _load_checkpoint(checkpoint, model, optimizer)
-        step, best = saved["step"], saved["best"]
-        log(f"resuming from {checkpoint} (step {step} of {total_steps})")
+        saved = load_checkpoint(checkpoint, model, optimizer, precision)
+        step, best, best_adapter = saved["step"], saved["best"], saved["best_adapter"]
+        log(f"resuming from {checkpoint} (step {step} of {total_steps}, {precision.dtype})")
+    elif config.resume:
+        log(f"--resume: {run.root} holds no checkpoint yet, so training starts at step 1")
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
         config.save(run.config)
         template.save(run.prompt)
         _truncate_metrics(run.metrics, after_step=step)
 
-    good = _snapshot(model, optimizer, step, best)  # where a run of non-finite steps rolls back to
+    # --- the loop: one optimizer step per iteration ----------------------------------------------------
+    good = snapshot(model, optimizer, step, best)  # where a run of non-finite steps rolls back to
     started, tokens_seen, bad_in_a_row = time.perf_counter(), 0, 0
     guard = {"skipped_steps": 0, "rollbacks": []}
     record: dict = {}
@@ -298,10 +335,10 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     model.train()
     while step < total_steps:
         rows = step_batch(step, len(data.encoded), global_batch, config.seed)
-        mine = sorted(rows[accelerator.process_index :: world], key=lambda i: len(data.encoded[i].input_ids))
-        micro = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        micro = micro_batches(rows, rank, world, config.batch_size, lengths)
         # Normalize by the supervised tokens of the whole global batch, so the gradient does not depend on
         # how rows fall into micro-batches or processes (DDP averages over processes, hence * world).
+        mine = rows[rank::world]
         local_tokens = torch.tensor(sum(sum(t != IGNORE for t in data.encoded[i].labels[1:]) for i in mine))
         n_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum").item()
         lr = learning_rate(step, total_steps, config.learning_rate, warmup)
@@ -309,19 +346,24 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             group["lr"] = lr
         step_loss, padded = torch.zeros((), device=accelerator.device), 0
         for index, chunk in enumerate(micro):
-            batch = {k: v.to(accelerator.device) for k, v in collate([data.encoded[i] for i in chunk], pad).items()}
+            weight = 1.0 if chunk else 0.0  # an empty share runs a real row with no weight: see micro_batches
+            items = [data.encoded[i] for i in (chunk or rows[:1])]
+            batch = {k: v.to(accelerator.device) for k, v in collate(items, pad).items()}
             padded = max(padded, batch["input_ids"].shape[1])  # `medtune plan --from-run` sizes activations by it
-            sync = accelerator.no_sync(loss_module) if index < len(micro) - 1 else nullcontext()
+            last_micro = index == len(micro) - 1
+            sync = accelerator.no_sync(loss_module) if not (last_micro or fsdp) else nullcontext()
             with sync:
                 with precision.autocast():
                     loss_sum, _ = loss_module(**batch)
-                precision.scaler.scale(loss_sum * world / n_tokens).backward()
-            step_loss += loss_sum.detach().float()
-            tokens_seen += int(batch["attention_mask"].sum())
+                precision.scaler.scale(loss_sum * weight * world / n_tokens).backward()
+            step_loss += loss_sum.detach().float() * weight
+            tokens_seen += int(batch["attention_mask"].sum()) if chunk else 0
+        if fsdp:
+            _average_gradients(parameters)
         loss = accelerator.reduce(step_loss, reduction="sum").item() / n_tokens
         padded = int(accelerator.reduce(torch.tensor(padded, device=accelerator.device), "max").item())
         precision.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         finite = math.isfinite(loss) and (precision.dtype == "fp16" or bool(torch.isfinite(grad_norm)))
         # every process must agree to skip (accelerate's reduce has sum/mean/max, no min)
         finite = accelerator.reduce(torch.tensor(float(not finite), device=accelerator.device), "max").item() == 0
@@ -336,10 +378,13 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
                 step, best = _fall_back(precision, model, optimizer, good, step, guard, log)
                 bad_in_a_row = 0
                 bar.n = step
+                if main:  # the replayed steps are logged again, once
+                    _truncate_metrics(run.metrics, after_step=step)
             else:
                 step += 1
             continue
         bad_in_a_row = 0
+        scale = precision.scaler.get_scale()
         precision.scaler.step(optimizer)  # a plain optimizer.step() unless fp16 loss scaling is on
         precision.scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -351,45 +396,60 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
                   "tokens_per_second": round(rate, 1), "supervised_tokens": n_tokens, "padded_length": padded,
                   "dtype": precision.dtype}
+        if precision.dtype == "fp16":  # the scaler skips an update whose fp16 gradients overflowed, and halves
+            record.update(loss_scale=precision.scaler.get_scale(), overflow=precision.scaler.get_scale() < scale)
         last = step == total_steps
         if config.eval_every and (step % config.eval_every == 0 or last):
             record["dev_accuracy"] = _dev_accuracy(model, tokenizer, template, data.dev)
-            _track_best(best, record["dev_accuracy"], step)
+            if _track_best(best, record["dev_accuracy"], step) and keep_best:
+                best_adapter = adapter_state(model)
         if main:
             append_jsonl(run.metrics, record)
-        stop = config.early_stopping_patience and best["evals_without_improvement"] >= config.early_stopping_patience
+        stop = keep_best and best["evals_without_improvement"] >= config.early_stopping_patience
         if config.save_every and step % config.save_every == 0 and not last and not stop:
             accelerator.wait_for_everyone()
             if main:
-                _save_checkpoint(run, step, model, optimizer, best)
-            good = _snapshot(model, optimizer, step, best)
+                save_checkpoint(run, step, model, optimizer, precision, best, best_adapter)
+            good = snapshot(model, optimizer, step, best)
         if stop:
+            best["stopped_early"] = step
             log(f"early stopping at step {step}: dev accuracy has not improved for {config.early_stopping_patience} "
                 f"evaluations (best {best['dev_accuracy']:.3f} at step {best['step']})")
             break
     bar.close()
+
+    # --- finish: the adapter, the manifest, the report, and what to do next --------------------------------
+    adapter_step = step
+    if keep_best and best_adapter is not None and best["step"] != step:
+        set_adapter_state(model, best_adapter)  # early stopping keeps the best evaluated adapter, not the last
+        adapter_step = best["step"]
     accelerator.wait_for_everyone()
-    if main:
-        accelerator.unwrap_model(loss_module).model.save_pretrained(run.adapter)
-        manifest = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            "device": device.value, "device_reason": device.reason, "backend": backend(),
-            "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
-            "quantization": quantize.value, "quantization_reason": quantize.reason,
-            "attention": attention.value, "attention_reason": attention.reason,
-            "processes": world,
-            "base_model": info.to_dict(),
-            "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
-            "data": {name: _data_summary(report) for name, report in data.reports.items() if isinstance(report, dict)}
-            | {"train_rows": data.reports["train_rows"], "dev_rows": data.reports["dev_rows"]},
-            "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
-            "training": {"steps": step, "planned_steps": total_steps, "nonfinite_guard": guard,
-                         "seconds": round(time.perf_counter() - started, 1), "tokens_seen": tokens_seen * world},
-        }
-        write_json(run.manifest, manifest)
-        write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
-        log(f"adapter saved: {run.adapter}")
+    if not main:
+        return run
+    seconds = time.perf_counter() - started
+    model.save_pretrained(run.adapter)
+    finished = {"steps": step, "planned_steps": total_steps, "adapter_step": adapter_step,
+                "adapter_choice": "best dev accuracy (early stopping)" if adapter_step != step else "last step",
+                "nonfinite_guard": guard, "seconds": round(seconds, 1), "tokens_seen": tokens_seen * world,
+                "tokens_per_second": round(tokens_seen * world / seconds, 1) if seconds else 0.0}
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "device": device.value, "device_reason": device.reason, "backend": backend(),
+        "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
+        "quantization": quantize.value, "quantization_reason": quantize.reason,
+        "attention": attention.value, "attention_reason": attention.reason,
+        "processes": world, "fsdp": fsdp,
+        "base_model": info.to_dict(),
+        "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
+        "data": {name: _data_summary(report) for name, report in data.reports.items() if isinstance(report, dict)}
+        | {"train_rows": data.reports["train_rows"], "dev_rows": data.reports["dev_rows"]},
+        "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
+        "training": finished,
+    }
+    write_json(run.manifest, manifest)
+    write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
+    log(_summary(run, config, data, record, best, finished))
     return run
 
 
@@ -404,7 +464,7 @@ def compile_layers(model) -> None:
         layer.compile(dynamic=True)
 
 
-def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, guard: dict, log):
+def _fall_back(precision: Precision, model, optimizer, good: dict, step: int, guard: dict, log):
     """After `nonfinite_patience` bad steps in a row: back to the last good state, on in a safer dtype."""
     safer = next_safer_dtype(precision.dtype, model_device(model).type)
     if safer is None:
@@ -412,7 +472,7 @@ def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, g
             f"training produced non-finite values {guard['skipped_steps']} times and is already in fp32: "
             "lower the learning rate or check the data"
         )
-    _restore(good, model, optimizer)
+    restore(good, model, optimizer)
     guard["rollbacks"].append({"at_step": step + 1, "back_to_step": good["step"], "from": precision.dtype,
                                "to": safer})
     log(f"non-finite values persist in {precision.dtype}: rolled back to step {good['step']}, continuing in {safer}")
@@ -421,38 +481,71 @@ def _fall_back(precision: _Precision, model, optimizer, good: dict, step: int, g
 
 
 def _choose_quantization(config: TrainConfig, device: str, dtype: str, attention: str) -> Choice:
-    """none/4bit/8bit: 'auto' asks the memory planner whether 16-bit LoRA fits this GPU first."""
-    fits = None
-    if config.quantize == "auto" and device.startswith("cuda"):
-        from medtune.plan import PlanInput, estimate
+    """none/4bit/8bit: 'auto' asks the memory planner whether 16-bit LoRA fits the memory budget first
+    (config.memory_budget, else the GPU's memory or the host memory available now)."""
+    if config.quantize != "auto":
+        return select_quantization(config.quantize, device)
+    from medtune.device import memory_budget
+    from medtune.plan import estimate, input_from_config, parse_memory_size
 
-        targets = config.lora_target_modules
-        memory = torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
-        fits = estimate(PlanInput(
-            model=config.model, method="lora", dtype=dtype, batch_size=config.batch_size, seq_len=config.max_seq_len,
-            gradient_checkpointing=config.gradient_checkpointing, lora_r=config.lora_r, device="cuda",
-            attention=attention,
-            lora_target_modules=(targets,) if isinstance(targets, str) else tuple(targets),
-            device_memory_bytes=memory)).fits
-    return select_quantization(config.quantize, device, fits)
+    budget = parse_memory_size(config.memory_budget) if config.memory_budget else memory_budget(device)
+    try:
+        plan = estimate(input_from_config(config.to_dict(), dtype, device, budget, attention=attention))
+    except ValueError as error:  # a GGUF file, a model without a Llama-style `layers` list, remote code, ...
+        first_line = (str(error).splitlines() or [""])[0]
+        return Choice("none", f"auto: 16-bit LoRA, because the memory planner cannot read {config.model} "
+                              f"({first_line})")
+    return select_quantization("auto", device, plan.fits)
 
 
 def _data_summary(report: dict) -> dict:
     """What the manifest keeps of a data report: where it came from, its hash and its counts."""
-    keys = ("source", "sha256", "rows_read", "rows_loaded", "skipped", "answer_base")
+    keys = ("source", "sha256", "revision", "fingerprint", "rows_read", "rows_loaded", "skipped", "answer_base")
     return {key: report[key] for key in keys if key in report}
 
 
-def _track_best(best: dict, accuracy: float, step: int) -> None:
+def _track_best(best: dict, accuracy: float | None, step: int) -> bool:
+    """Update the best dev accuracy; True when `accuracy` is a new best."""
+    if accuracy is None:
+        return False
     if accuracy > best["dev_accuracy"]:
         best.update(dev_accuracy=accuracy, step=step, evals_without_improvement=0)
-    else:
-        best["evals_without_improvement"] += 1
+        return True
+    best["evals_without_improvement"] += 1
+    return False
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop metric lines past `after_step`: a resumed run re-does those steps and logs them again."""
+    """Drop metric lines past `after_step`: a resumed or rolled-back run re-does those steps and logs them again."""
+    import json
+
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text("".join(line for line in lines if json.loads(line)["step"] <= after_step), encoding="utf-8")
+
+
+def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: dict, finished: dict) -> str:
+    """What a person needs when training ends: what was trained, how it went, where it is, what to run next."""
+    dev = data.dev
+    majority = max((sum(e.answer == k for e in dev) for k in range(len(LETTERS))), default=0)
+    accuracy = record.get("dev_accuracy")
+    dev_line = (f"dev accuracy {accuracy:.3f} on {len(dev)} questions (always the commonest letter: "
+                f"{majority / len(dev):.3f})" if accuracy is not None and dev else "no dev slice evaluated")
+    loss = f"{record['loss']:.4f}" if "loss" in record else "n/a"
+    evaluate = f"--data {config.eval_data}" + (f" --split {config.eval_split}" if not Path(config.eval_data).exists()
+                                               else "") if config.eval_data else "--data EVAL_DATA"
+    lines = [
+        f"finished: {data.reports['train_rows']} rows trained, {len(dev)} held for dev; {finished['steps']} of "
+        f"{finished['planned_steps']} steps in {finished['seconds']:.1f} s ({finished['tokens_per_second']:,.0f} "
+        f"tokens/s); final train loss {loss}; {dev_line}",
+        f"adapter: {run.adapter}" + (f" (from step {finished['adapter_step']}, the best dev accuracy)"
+                                     if finished["adapter_step"] != finished["steps"] else ""),
+        "next:",
+        f"  medtune eval {run.root} {evaluate} --output {run.root / 'eval'}",
+        f"  medtune ask {run.root} --question \"...\" --option ... --option ...",
+        f"  medtune serve {run.root}",
+    ]
+    if finished["steps"] < finished["planned_steps"] and not best.get("stopped_early"):
+        lines.append(f"  medtune train --output {run.root} --resume   # continue the remaining steps")
+    return "\n".join(lines)

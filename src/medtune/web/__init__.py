@@ -1,1 +1,2 @@
-"""What `medtune serve` needs besides its routes: the page (index.html) and the batching worker."""
+"""What `medtune serve` needs besides its routes: the page (index.html), the batching worker (batching.py)
+and how requests are refused (errors.py)."""
