@@ -1,6 +1,6 @@
 """One command for the day a GPU is lent: every accelerator path of medtune, measured, into one JSON.
 
-    python bench/gpu_check.py                                  # CUDA or ROCm; under 8 minutes on one large GPU
+    python bench/gpu_check.py                                  # CUDA or ROCm; sized for 8 minutes on one GPU
     python bench/gpu_check.py --device cpu --tiny --out /tmp/gpu-check.json   # the script's own check on a CPU
 
 Stages, in order: the model (Qwen3-1.7B's exact shape with random weights from ../shared/models/qwen3-1.7b-config
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import os
@@ -49,7 +50,9 @@ TINY_SHAPE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 12
               "num_key_value_heads": 2, "head_dim": 16}
 # The recipe's 8 x 4 rows per step would only add minutes here: a 2-layer model's step is its output head over
 # a 151,936-token vocabulary, in fp32 cross-entropy, at every supervised position.
-TINY_TRAIN = {"batch_size": 2, "grad_accum": 1}
+# 160 tokens hold every prompt of the first 40 rows (at most 133 tokens) and cut the explanations, which are
+# most of the supervised positions: fewer rows of that head, which fp16 (emulated on most CPUs) runs slowly.
+TINY_TRAIN = {"batch_size": 2, "grad_accum": 1, "max_seq_len": 160}
 DEV_ROWS = 8  # the trainer's dev slice; unused (eval_every=0), kept small so the rows go to training
 # Work per stage: (full shape, --tiny).
 STEPS = (20, 3)  # optimizer steps; the first is warm-up and not timed
@@ -284,7 +287,7 @@ def _train_stage(check: Check, name: str, dtype: str, quantize: str = "none") ->
     figures["model_flops_per_second"] = round(flops / figures["timed_seconds"])
     figures["mfu"] = round(flops / figures["timed_seconds"] / peak, 4) if peak else None
     try:  # the planner failing must not throw away the throughput measured above
-        figures["memory"] = _memory_against_plan(check, run.root, manifest)
+        figures["memory"] = _memory_against_plan(check, run.root)
     except Exception as error:  # noqa: BLE001
         figures["memory"] = {"error": f"{type(error).__name__}: {error}"}
     return figures
@@ -295,22 +298,16 @@ def _manifest_rate(manifest: dict) -> float | None:
     return round(training["tokens_seen"] / training["seconds"], 1) if training.get("seconds") else None
 
 
-def _memory_against_plan(check: Check, run_dir: Path, manifest: dict) -> dict:
+def _memory_against_plan(check: Check, run_dir: Path) -> dict:
     """`medtune plan --from-run` for the run, against torch.cuda.max_memory_allocated over the run."""
     from medtune.plan import estimate, input_from_run
 
     total = torch.cuda.get_device_properties(_gpu_index(check.device)).total_memory if check.cuda else None
     plan_input = input_from_run(run_dir, total)
-    note = None
-    if manifest.get("quantization") == "4bit" and plan_input.method != "qlora":
-        plan_input = dataclasses.replace(plan_input, method="qlora")
-        note = "plan --from-run read method lora for this 4-bit run; planned here as qlora"
     plan = estimate(plan_input)
     tensors = plan.total - plan.runtime_overhead  # what max_memory_allocated can see (no context, no cache)
-    figures = {"plan_setting": {k: getattr(plan_input, k) for k in ("method", "dtype", "batch_size", "seq_len",
-                                                                      "supervised_fraction", "attention")},
-               "plan_total_bytes": plan.total, "plan_tensor_bytes": tensors, "plan_breakdown": plan.breakdown(),
-               "plan_note": note}
+    figures = {"plan_total_bytes": plan.total, "plan_tensor_bytes": tensors,
+               "plan": plan.to_dict()}  # what `medtune plan --from-run RUN --json` prints
     if not check.cuda:
         return {**figures, "measured_max_allocated_bytes": None,
                 "measured_reason": "no torch.cuda.max_memory_allocated on the CPU, and this process's peak RSS "
@@ -434,7 +431,7 @@ def stage_serve(check: Check) -> dict:
                "score_batch_16_questions_per_second": _rate(lambda: answerer.score(examples), 16,
                                                             max(1, repeats // 4))}
     settings = Settings(api_key=None)
-    cycle = iter(range(10**9))
+    cycle = itertools.count()
 
     def one() -> None:
         client.post("/v1/answer", json=questions[next(cycle) % 16]).raise_for_status()
@@ -467,6 +464,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def torchrun_command(config_file: Path, output: str) -> list[str]:
+    """`medtune train` in 2 processes on this machine, all settings from `config_file`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(_free_port()), "-m", "medtune.cli", "train", "--config", str(config_file),
+            "--output", output, "--quiet"]
+
+
 def stage_two_process(check: Check) -> dict:
     """`medtune train` under torchrun, 2 processes, the bf16 stage's settings per process."""
     count = torch.cuda.device_count() if check.cuda else 0
@@ -476,9 +480,7 @@ def stage_two_process(check: Check) -> dict:
     config = dataclasses.replace(config, device="cuda")  # each rank takes its own GPU (accelerate's LOCAL_RANK)
     saved = check.scratch / "two_process.yaml"
     config.save(saved)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "medtune.cli", "train", "--config",
-               str(saved), "--output", config.output, "--quiet"]
+    command = torchrun_command(saved, config.output)
     left = check.args.budget_minutes * 60 - (time.perf_counter() - check.started)
     begun = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, left), cwd=REPO,

@@ -10,7 +10,7 @@ counted wrong), and how far a question's probabilities move between batch size 1
 Optionally (--fp32-reference) the largest probability difference to an fp32 load of the same run.
 
     python bench/ties.py RUN_DIR --data ../shared/data/medmcqa/validation.jsonl --limit 500 --dtype bf16 \\
-        --out bench/results/ties-500.json
+        --batch-one --fp32-reference --out bench/results/ties-500-bf16.json
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500)
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-one", action="store_true", help="also score one question at a time")
     parser.add_argument("--fp32-reference", action="store_true", help="also score an fp32 load of the run")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -92,16 +93,18 @@ def main() -> None:
     for name, scorer in (("before", old_logprobs), ("after", None)):
         score = scorer or (lambda a, e, b: choice_logprobs(a.model, a.tokenizer, a.template, e, b))
         batched, seconds = timed(score, answerer, examples, args.batch_size)
-        single, _ = timed(score, answerer, examples, 1)
-        result[name] = {**tie_figures(batched, examples), "seconds": seconds,
-                        f"batch_1_vs_{args.batch_size}": movement(batched, single)}
-        result[name]["logprobs"] = batched
+        result[name] = {**tie_figures(batched, examples), "seconds": seconds, "logprobs": batched}
         print(name, {k: v for k, v in result[name].items() if k != "logprobs"}, flush=True)
+        if args.batch_one:
+            single, seconds = timed(score, answerer, examples, 1)
+            result[name][f"batch_1_vs_{args.batch_size}"] = movement(batched, single)
+            print(name, "batch 1:", result[name][f"batch_1_vs_{args.batch_size}"], f"{seconds} s", flush=True)
     if args.fp32_reference:
         reference = Answerer.from_run(args.run_dir, "cpu", "fp32")
         exact = choice_logprobs(reference.model, reference.tokenizer, reference.template, examples, args.batch_size)
         for name in ("before", "after"):
             result[name]["vs_fp32_load"] = movement(result[name]["logprobs"], exact)
+            print(name, "vs fp32 load:", result[name]["vs_fp32_load"], flush=True)
     for name in ("before", "after"):
         del result[name]["logprobs"]
     print(json.dumps(result, indent=2))

@@ -34,9 +34,7 @@ def rocm_gpu(monkeypatch):
     (lambda: hw.select_device("cuda:1"), "sees no CUDA/ROCm GPU"),
     (lambda: hw.select_device("mps"), "MPS is not available"),
     (lambda: hw.select_device("tpu"), "unknown device 'tpu'"),
-    (lambda: hw.select_dtype("fp16", "cpu"), "fp16 training is not supported on the CPU"),
     (lambda: hw.select_dtype("fp8", "cpu"), "unknown dtype 'fp8'"),
-    (lambda: hw.select_quantization("4bit", "cpu"), "--quantize 4bit was asked for, but"),
     (lambda: hw.select_quantization("8bit", "mps"), "--quantize 8bit was asked for, but"),
     (lambda: hw.select_quantization("3bit", "cpu"), "unknown quantization '3bit'"),
 ])
@@ -53,10 +51,23 @@ def test_cpu_native_bf16_agrees_with_torch_own_check():
     assert hw.cpu_native_bf16() == expected
 
 
-def test_auto_dtype_on_this_cpu_follows_native_bf16():
-    choice = hw.select_dtype("auto", "cpu")
-    assert choice.value == ("bf16" if hw.cpu_native_bf16() else "fp32")
-    assert choice.reason.startswith("auto: ") and "native bf16" in choice.reason
+@pytest.mark.parametrize(("cpuinfo", "flags"), [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n", ["avx512_bf16", "amx_bf16"]),
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n", []),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", ["bf16"]),  # Arm's BF16 extension
+])
+def test_cpu_bf16_flags_are_read_from_cpuinfo(cpuinfo, flags):
+    assert hw.cpu_bf16_flags(cpuinfo) == flags
+
+
+@pytest.mark.parametrize(("flags", "value", "reason"), [
+    (["avx512_bf16"], "bf16", "auto: the CPU has native bf16 (avx512_bf16), bf16 weights under autocast "
+                              "(no numeric probe run)"),
+    ([], "fp32", "auto: fp32 because the CPU lacks native bf16 (emulated bf16 is slower than fp32)"),
+])
+def test_auto_dtype_on_the_cpu_follows_native_bf16(monkeypatch, flags, value, reason):
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: flags)
+    assert hw.select_dtype("auto", "cpu") == hw.Choice(value, reason)
 
 
 def test_auto_dtype_avoids_emulated_bf16_on_the_cpu(monkeypatch):
@@ -174,17 +185,72 @@ def test_visible_devices_are_refused_after_cuda_initialized(monkeypatch):
 
 
 def _fake_bitsandbytes(monkeypatch, backend: str, loaded: bool = True):
+    """A pretend bitsandbytes build on a pretend GPU. There is no GPU here to run the matmul probe on, so these
+    tests (of the build checks before the probe) also report the probe as passing."""
     monkeypatch.setattr(hw, "_bitsandbytes", lambda: ("0.45.5", backend, loaded))
+    monkeypatch.setattr(hw, "_quantized_matmul_error", lambda device, mode: None)
 
 
-def test_quantization_auto_stays_16bit_when_the_plan_fits(no_gpu):
-    assert hw.select_quantization("auto", "cpu", fits_16bit=True).value == "none"
+@pytest.fixture
+def without_bitsandbytes(monkeypatch):
+    """bitsandbytes made unimportable the way an environment without it is: `import bitsandbytes` fails."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+
+
+@pytest.fixture
+def fresh_probe():
+    hw._quantized_matmul_error.cache_clear()
+    yield
+    hw._quantized_matmul_error.cache_clear()
+
+
+def test_bitsandbytes_4bit_and_8bit_matmuls_work_on_this_cpu(fresh_probe):
+    """bitsandbytes' CPU backend computes NF4 and LLM.int8 matmuls: the probe runs them for real."""
+    status = hw.bitsandbytes_status("cpu")
+    assert status["installed"] and status["backend"] == "CPU"
+    assert status["works"] is True
+    assert status["modes"]["4bit"]["reason"].endswith("the 4bit matmul probe on cpu matched fp32")
+    assert status["modes"]["8bit"] == {"works": True, "reason": f"bitsandbytes {status['version']} (CPU library): "
+                                                                "the 8bit matmul probe on cpu matched fp32"}
+    assert hw.select_quantization("4bit", "cpu").value == "4bit"
+    assert hw.select_quantization("8bit", "cpu").value == "8bit"
+
+
+def test_a_4bit_matmul_that_computes_wrong_is_reported_with_its_error(monkeypatch, fresh_probe):
+    import bitsandbytes
+
+    monkeypatch.setattr(bitsandbytes.nn.Linear4bit, "forward", lambda self, x: torch.zeros(x.shape[0], 128))
+    status = hw.bitsandbytes_status("cpu")
+    assert status["works"] is False and status["modes"]["8bit"]["works"] is True
+    assert status["reason"].endswith("the 4-bit matmul on cpu is off by 1 from its own de-quantized weight")
+    with pytest.raises(HardwareError, match="--quantize 4bit was asked for, but .* is off by 1"):
+        hw.select_quantization("4bit", "cpu")
+
+
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_quantization_is_refused_with_a_sentence_without_bitsandbytes(without_bitsandbytes, mode):
+    with pytest.raises(HardwareError) as caught:
+        hw.select_quantization(mode, "cpu")
+    assert str(caught.value) == (f"--quantize {mode} was asked for, but bitsandbytes is not installed "
+                                 "(pip install bitsandbytes); use --quantize none (16-bit LoRA)")
+
+
+def test_quantization_auto_stays_16bit_when_the_plan_fits():
+    assert hw.select_quantization("auto", "cpu", fits_16bit=True) == hw.Choice(
+        "none", "auto: the memory plan says 16-bit LoRA fits")
     assert hw.select_quantization("auto", "cpu", fits_16bit=None).value == "none"
 
 
-def test_quantization_auto_falls_back_with_a_reason_on_the_cpu(no_gpu):
+def test_quantization_auto_quantizes_on_this_cpu_when_16bit_does_not_fit():
     choice = hw.select_quantization("auto", "cpu", fits_16bit=False)
-    assert choice.value == "none" and "does not fit, but quantization is unavailable" in choice.reason
+    assert choice.value == "4bit" and choice.reason.startswith("auto: the memory plan says 16-bit LoRA does not fit")
+
+
+def test_quantization_auto_falls_back_with_a_reason_without_bitsandbytes(without_bitsandbytes):
+    choice = hw.select_quantization("auto", "cpu", fits_16bit=False)
+    assert choice == hw.Choice("none", "auto: the memory plan says 16-bit LoRA does not fit, but quantization is "
+                                       "unavailable (bitsandbytes is not installed (pip install bitsandbytes)); "
+                                       "lower the batch size or enable checkpointing")
 
 
 def test_quantization_auto_quantizes_when_16bit_does_not_fit_on_cuda(monkeypatch):
@@ -239,3 +305,11 @@ def test_explicit_attention_is_checked_against_what_can_run(no_gpu):
         hw.select_attention("flash", "cpu")
     with pytest.raises(hw.HardwareError, match="'flash_attention_2' cannot run here"):
         hw.select_attention("flash_attention_2", "cpu")
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cpu"])
+def test_flash_attention_is_refused_for_an_fp32_model(device):
+    with pytest.raises(hw.HardwareError) as caught:
+        hw.select_attention("flash_attention_2", device, "fp32")
+    assert str(caught.value) == ("attention 'flash_attention_2' runs only in fp16 or bf16, and this model computes "
+                                 "in fp32; use --dtype bf16 (or fp16), or --attention sdpa")

@@ -144,8 +144,12 @@ def test_bad_data_fails_with_file_line_and_field(tiny_qwen3, tmp_path, capsys):
     assert code == 2 and "bad.jsonl:2: field 'opd': is empty" in capsys.readouterr().err
 
 
-def test_explicit_quantization_the_backend_cannot_do_fails_with_a_sentence(tiny_qwen3, tmp_path, capsys):
-    data = write_jsonl(tmp_path / "d.jsonl", [original_row(i, cop=i % 4) for i in range(8)])
+def test_explicit_quantization_the_backend_cannot_do_fails_with_a_sentence(tiny_qwen3, tmp_path, capsys,
+                                                                          monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as where it is not installed
+    data = write_jsonl(tmp_path / "d.jsonl", [original_row(i, cop=i % 4) for i in range(40)])
     code = main(["train", "--model", str(tiny_qwen3), "--data", str(data), "--output", str(tmp_path / "r"),
                  "--quantize", "4bit", "--quiet", "--max-steps", "1"])
     assert code == 2 and "--quantize 4bit was asked for, but" in capsys.readouterr().err

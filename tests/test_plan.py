@@ -56,12 +56,57 @@ def test_config_json_file_loads_like_its_folder(tiny):
     assert from_file.total_params == estimate(PlanInput(model=tiny)).total_params
 
 
-def test_qlora_weights_below_lora_bf16_below_full_fp32(tiny):
-    qlora = estimate(PlanInput(model=tiny, method="qlora", dtype="bf16")).weights
+def test_lora_weights_are_in_the_compute_dtype_and_full_in_fp32(tiny):
     lora = estimate(PlanInput(model=tiny, method="lora", dtype="bf16")).weights
     full = estimate(PlanInput(model=tiny, method="full", dtype="fp32")).weights
-    assert qlora < lora < full
     assert lora == 2 * TINY_BASE_PARAMS and full == 4 * TINY_BASE_PARAMS
+
+
+def test_qlora_weights_of_qwen3_1_7b_count_nf4_linears_and_fp32_upcast_embeddings():
+    # 28 layers of q 2048x2048, k and v 2048x1024, o 2048x2048, gate/up/down 3 x 2048x6144 go to NF4 (0.5 byte,
+    # an 8-bit absmax per 64 weights, an fp32 scale per 256 absmax); prepare_model_for_kbit_training casts the
+    # rest (the tied 151936x2048 embedding and the norms) to fp32.
+    quantized = 28 * (2 * 2048 * 2048 + 2 * 2048 * 1024 + 3 * 2048 * 6144)
+    assert quantized == 1_409_286_144
+    rest = 1_720_574_976 - quantized
+    plan = estimate(PlanInput(model=str(QWEN3_1_7B), method="qlora", dtype="bf16"))
+    assert plan.weights == int(quantized * (0.5 + 1 / 64 + 4 / 16384)) + 4 * rest
+    assert plan.weights < estimate(PlanInput(model=str(QWEN3_1_7B), method="lora", dtype="bf16")).weights
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_qlora_weight_bytes_match_a_real_quantized_model_after_prepare_for_kbit_training(tmp_path, quantization):
+    """The planner's QLoRA weights against the bytes a bitsandbytes-quantized model really holds after
+    prepare_model_for_kbit_training (the trainer's QLoRA path): parameters plus their quantization state.
+
+    Within 1%: the planner leaves out each quantized Linear's constant tables (NF4 with double quantization
+    keeps a 256-entry fp32 code book and a 16-entry one, ~1.1 KiB per Linear: 0.6% of this model)."""
+    from peft import prepare_model_for_kbit_training
+
+    from medtune.modeling import _quantization_config
+
+    config = _tiny_config(vocab_size=1000, hidden_size=256, intermediate_size=512, head_dim=64,
+                          tie_word_embeddings=False)  # an untied head: one more weight prepare upcasts
+    torch.manual_seed(0)
+    transformers.Qwen3ForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, quantization_config=_quantization_config(quantization, "bf16"),
+        device_map={"": "cpu"})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    storages = {}
+    for parameter in model.parameters():
+        state = getattr(parameter, "quant_state", None)
+        nested = getattr(state, "state2", None)
+        for tensor in (parameter.data, getattr(parameter, "SCB", None), getattr(state, "absmax", None),
+                       getattr(state, "code", None), getattr(state, "offset", None),
+                       getattr(nested, "absmax", None), getattr(nested, "code", None)):
+            if tensor is not None:
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    assert {p.dtype for p in model.parameters()} == {torch.float32, torch.uint8 if quantization == "4bit"
+                                                     else torch.int8}
+    planned = estimate(PlanInput(model=str(tmp_path), method="qlora", quantization=quantization,
+                                 dtype="bf16")).weights
+    assert planned == pytest.approx(sum(storages.values()), rel=0.01)
 
 
 def test_checkpointing_lowers_activations(tiny):
@@ -73,7 +118,11 @@ def test_checkpointing_lowers_activations(tiny):
 def test_tiny_device_memory_does_not_fit_and_gets_recommendations(tiny):
     plan = estimate(PlanInput(model=tiny, device_memory_bytes=1024**2))
     assert plan.fits is False
-    assert plan.recommendations
+    smallest = planner._plan(PlanInput(model=tiny, method="qlora", gradient_checkpointing=True, batch_size=1,
+                                       gradient_accumulation_steps=4)).total
+    assert plan.recommendations == (
+        f"Nothing tried fits 1.00 MiB: even QLoRA with checkpointing and batch 1 needs "
+        f"{smallest / 2**20:.2f} MiB; shorten --seq-len or use a larger device.",)
 
 
 def test_recommendations_fit_the_device(tiny):
@@ -193,6 +242,33 @@ def test_from_run_estimates_the_runs_settings(tiny, tmp_path, capsys):
     settings = (result["batch_size"], result["seq_len"], result["dtype"], result["device"])
     assert settings == (2, 128, "bf16", "cuda")
     assert result["gradient_checkpointing"] is True and result["params"]["trainable"] == TINY_LORA_PARAMS // 2
+
+
+def test_from_run_plans_a_qlora_run_as_qlora(tiny, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(f"model: {tiny}\nbatch_size: 2\nmax_seq_len: 128\nquantize: auto\n")
+    (run_dir / "manifest.json").write_text(json.dumps({"dtype": "bf16", "device": "cpu", "quantization": "4bit"}))
+    code, out, _ = _run_cli(["--from-run", str(run_dir), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and (result["method"], result["quantization"]) == ("qlora", "4bit")
+    assert result["breakdown"]["weights"] == estimate(PlanInput(model=tiny, method="qlora", dtype="bf16")).weights
+
+
+def test_plan_defaults_are_the_trainers(tiny, capsys):
+    """`medtune plan --model M` plans `medtune train --model M`: TrainConfig's batch, length, rank and dropout,
+    LoRA on every Linear, and the trainer's device and dtype for this machine."""
+    from medtune.config import TrainConfig
+    from medtune.device import select_device, select_dtype
+
+    code, out, _ = _run_cli(["--model", tiny, "--json"], capsys)
+    result = json.loads(out)
+    train = TrainConfig()
+    assert code == 0
+    assert (result["batch_size"], result["seq_len"], result["lora_r"], result["lora_dropout"]) == (
+        train.batch_size, train.max_seq_len, train.lora_r, train.lora_dropout) == (4, 512, 16, 0.05)
+    device = "cuda" if select_device("auto").value.startswith("cuda") else "cpu"
+    assert result["device"] == device and result["dtype"] == select_dtype("auto", device).value
 
 
 def test_from_run_without_manifest_names_the_file(tiny, tmp_path, capsys):

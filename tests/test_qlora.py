@@ -1,8 +1,8 @@
 """QLoRA for real on the CPU (bitsandbytes' CPU backend): train 4-bit -> eval -> ask -> serve, 8-bit loading,
 quantize=auto deciding from the memory plan, the base fingerprint across loads, and loading errors as sentences.
 
-Tiny models only: the 2-layer Qwen3 of conftest and a 2-layer GPT-2. The runs are fp32 so that a reloaded run
-must score exactly as at the end of training, up to the order of float additions."""
+Tiny models only: the 2-layer Qwen3 of conftest and a 2-layer GPT-2. The QLoRA run computes in bf16 (the
+QLoRA paper's choice), and a reload in bf16 must score exactly as at the end of training."""
 
 import importlib
 import json
@@ -14,6 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import original_row, write_jsonl
+from medtune import modeling
 from medtune.answer import Answerer
 from medtune.cli import main
 from medtune.config import TrainConfig
@@ -21,13 +22,14 @@ from medtune.evaluate import choice_logprobs
 from medtune.modeling import ModelError, load_base, weights_fingerprint
 from medtune.serve import Settings, create_app
 
-trainer = importlib.import_module("medtune.train")  # the module: medtune.train the attribute is the function
+trainer = importlib.import_module("medtune.train")  # the module (the attribute medtune.train is the function)
 # PEFT calls a transformers API that warns about its own deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 QUESTION = {"question": "Which nerve is injured in wrist drop?",
             "options": ["Radial nerve", "Ulnar nerve", "Median nerve", "Axillary nerve"]}
-# A reloaded fp32 run against the same fp32 forward at the end of training: the same weights and kernels, so
-# only float summation order may differ (measured: 0 on this CPU). Log-probabilities, in nats.
+# A reloaded run against the same forward at the end of training: the same 4-bit weights, the same fp32
+# embeddings and norms (upcast as prepare_model_for_kbit_training did), the same kernels, so only float
+# summation order may differ. Measured on this CPU: 0 (0.019 before the reload upcast them). In nats.
 RELOAD_TOLERANCE = 1e-5
 
 
@@ -36,12 +38,12 @@ def _quantized(model) -> set[str]:
     return {type(p).__name__ for p in model.parameters()} & {"Params4bit", "Int8Params"}
 
 
-def _train(model: Path, folder: Path, *options: str, overrides: tuple[str, ...] = ()) -> Path:
+def _train(model: Path, folder: Path, *options: str, overrides: tuple[str, ...] = (), dtype: str = "fp32") -> Path:
     # 30 rows: the trainer holds at most a share of them for dev, and dev_size=2 must be honoured
     data = write_jsonl(folder / "train.jsonl", [original_row(i, cop=i % 4) for i in range(30)])
     run = folder / "run"
     code = main(["train", "--model", str(model), "--data", str(data), "--output", str(run), "--max-steps", "2",
-                 "--dtype", "fp32", "--device", "cpu", "--quiet", *options, "dev_size=2", "batch_size=2",
+                 "--dtype", dtype, "--device", "cpu", "--quiet", *options, "dev_size=2", "batch_size=2",
                  "grad_accum=1", *overrides])
     assert code == 0
     return run
@@ -60,14 +62,14 @@ def qlora(tiny_qwen3, tmp_path_factory) -> dict:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "choice_logprobs", spy)
-        run = _train(tiny_qwen3, tmp_path_factory.mktemp("qlora"), "--quantize", "4bit")
+        run = _train(tiny_qwen3, tmp_path_factory.mktemp("qlora"), "--quantize", "4bit", dtype="bf16")
     examples, scores = calls[-1]
     return {"run": run, "dev": examples, "final_scores": scores}
 
 
 @pytest.fixture(scope="module")
 def answerer(qlora) -> Answerer:
-    return Answerer.from_run(qlora["run"], device="cpu", dtype="fp32")
+    return Answerer.from_run(qlora["run"], device="cpu", dtype="bf16")
 
 
 def test_qlora_run_records_its_quantization_in_the_manifest(qlora):
@@ -153,7 +155,7 @@ def test_qlora_run_serves_the_answer_that_ask_gives(answerer):
 
 
 def test_qlora_adapter_loads_onto_a_16bit_base_when_asked(qlora, answerer):
-    on_16bit = Answerer.from_run(qlora["run"], device="cpu", dtype="fp32", quantize="none")
+    on_16bit = Answerer.from_run(qlora["run"], device="cpu", dtype="bf16", quantize="none")
     assert on_16bit.description["quantization"] == "none"
     assert on_16bit.description["trained_quantization"] == "4bit"
     assert _quantized(on_16bit.model) == set()
@@ -226,6 +228,14 @@ def test_a_hub_model_that_cannot_be_fetched_is_named_with_its_revision(monkeypat
     assert message.startswith("cannot fetch the tokenizer of model 'medtune-test/no-such-model' (revision v1.0) "
                               "from the Hugging Face Hub: HF_HUB_OFFLINE is set")
     assert message.endswith("or pass a local model folder instead") and "\n" not in message
+
+
+def test_an_unreachable_hub_is_said_to_be_unreachable_for_the_config(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(modeling, "hub_reachable", lambda: False)
+    with pytest.raises(ModelError, match=r"^cannot fetch the config of model 'medtune-test/no-such-model' "
+                                         r"\(revision main\) from the Hugging Face Hub: the Hub is not reachable"):
+        modeling.model_config("medtune-test/no-such-model")
 
 
 @pytest.fixture

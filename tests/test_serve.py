@@ -1,5 +1,7 @@
-"""The REST API over a tiny trained run: answers match `Answerer.score`, bad input is refused politely, the
-queue is bounded, a client that leaves frees its slot, and 50 concurrent clients are all answered right."""
+"""The REST API over a tiny trained run: answers match `Answerer.score`, a model trained to one letter is served
+that letter, bad input is refused politely, the queue bounds every route (streams included), explanations take
+turns and never hold up scoring, a request past its deadline gets 504 and its work stops, a client that leaves
+frees its slot, and 50 concurrent clients are all answered right."""
 
 import asyncio
 import importlib.util
@@ -308,8 +310,9 @@ def test_a_failing_model_answers_a_generic_500_and_the_server_lives_on(answerer)
             return self.answerer.score(examples)
 
     with TestClient(create_app(Broken(answerer), FAST), raise_server_exceptions=False) as test_client:
-        response = test_client.post("/v1/answer", json={**QUESTION, "question": "boom?"})
-        assert response.status_code == 500 and response.json() == {"detail": "internal error"}
+        for route in ("/v1/answer", "/v1/answer/stream"):
+            response = test_client.post(route, json={**QUESTION, "question": "boom?"})
+            assert response.status_code == 500 and response.json() == {"detail": "internal error"}, route
         assert test_client.post("/v1/answer", json=QUESTION).status_code == 200
 
 
@@ -546,6 +549,15 @@ def test_a_generation_past_its_deadline_is_stopped_not_left_running(answerer):
         wait_until(lambda: endless.stopped_after is not None, 10)
         assert endless.stopped_after < 3  # stopped near its deadline, not after its 30 s
         assert http.post("/v1/answer", json={**QUESTION, "explain": False}).status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_explanation_stops_its_generation(answerer):
+    endless = Endless(answerer)
+    with serving(create_app(endless, Settings(api_key=None, max_new_tokens=4))) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/answer", json=QUESTION, timeout=1.0)
+        wait_until(lambda: endless.stopped_after is not None, 10)
+    assert endless.stopped_after < 5  # not its 30 s
 
 
 def test_a_stream_past_its_deadline_ends_with_an_error_event_and_its_generation_stops(answerer):

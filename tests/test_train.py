@@ -13,7 +13,8 @@ from conftest import original_row, write_jsonl
 from medtune.cli import main
 from medtune.config import TrainConfig
 from medtune.device import HardwareError
-from medtune.train import AnswerLoss, micro_batches, pin_device, train
+from medtune.parallel import micro_batches, pin_device
+from medtune.train import AnswerLoss, train
 
 trainer = sys.modules["medtune.train"]  # the module; `medtune.train` is also the function's public name
 
@@ -333,3 +334,37 @@ def test_the_end_of_a_run_says_what_happened_and_what_to_run_next(tiny_qwen3, da
     assert f"medtune eval {tmp_path / 'run'} --data {held_out} --output {tmp_path / 'run' / 'eval'}" in out
     assert f"medtune serve {tmp_path / 'run'}" in out and "--resume" not in out
 
+
+
+def test_a_hub_dataset_is_recorded_with_its_revision_and_fingerprint(tiny_qwen3, tmp_path, monkeypatch):
+    # No network here: the Hub's two answers (the rows, and the commit they came from) are stood in for.
+    import datasets
+    import huggingface_hub
+
+    import medtune.modeling
+
+    rows = datasets.Dataset.from_list([original_row(i, cop=i % 4) for i in range(24)])
+    info = type("Info", (), {"sha": "0123abcd" * 5})()
+    monkeypatch.setattr(medtune.modeling, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, name: info)
+    run = train(_config(tiny_qwen3, "someone/medmcqa", tmp_path / "run", max_steps=1), progress=False)
+    recorded = json.loads(run.manifest.read_text())["data"]["train"]
+    assert recorded["source"] == "someone/medmcqa" and recorded["revision"] == "0123abcd" * 5
+    assert recorded["fingerprint"] == rows._fingerprint
+
+
+def test_the_dtype_is_probed_after_each_process_has_its_device(tiny_qwen3, data, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)  # as in a fresh process
+    seen = []
+    real = trainer.select_dtype
+
+    def select_dtype(*args, **kwargs):
+        seen.append(PartialState._shared_state != {})  # the accelerator (which pins each rank's GPU) exists
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "select_dtype", select_dtype)
+    train(_config(tiny_qwen3, data, tmp_path / "run", max_steps=1), progress=False)
+    assert seen == [True]

@@ -16,7 +16,7 @@ import torch
 from medtune.data import LETTERS, MCQExample, example_from_input
 from medtune.device import select_attention, select_device, select_dtype, select_quantization
 from medtune.evaluate import choice_logprobs, model_device
-from medtune.modeling import check_adapter_file, load_adapter, load_base
+from medtune.modeling import check_adapter_file, load_adapter, load_base, upcast_unquantized
 from medtune.prompts import PromptTemplate, template_for
 from medtune.rundir import RunDir
 from medtune.tokenization import pad_token_id
@@ -64,6 +64,8 @@ class Answerer:
                                            trust_remote_code=trust_remote_code, quantize=quantization,
                                            device=chosen_device,
                                            attention=select_attention(attention, chosen_device, chosen_dtype).value)
+        if quantization != "none" and quantization == trained:
+            upcast_unquantized(model)  # as QLoRA training had them (prepare_model_for_kbit_training)
         model = load_adapter(model, run.adapter, base["fingerprint"])
         model = model if quantization != "none" else model.to(chosen_device)  # bitsandbytes placed it already
         description = {"base_model": base["id"], "adapter": str(run.adapter), "dtype": chosen_dtype,

@@ -134,7 +134,9 @@ def _run_train(args) -> int:
             raise ValueError(f"--resume uses the run's saved settings ({saved}); drop --config and pass the "
                              "settings to change as key=value")
         settings = str(saved)
-    config = load_config(settings, **parse_overrides(args.overrides), **flags)
+    # a flag and a key=value for the same setting: the flag wins, as it is the more specific spelling
+    given = {name: value for name, value in flags.items() if value is not None}
+    config = load_config(settings, **(parse_overrides(args.overrides) | given))
     try:
         train(config, progress=not args.quiet)
     except KeyboardInterrupt:

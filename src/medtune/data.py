@@ -75,7 +75,9 @@ class LoadReport:
     skipped: dict[str, int] = field(default_factory=dict)
     answer_base: int | None = None
     answer_base_reason: str = ""
-    sha256: str | None = None
+    sha256: str | None = None  # local files
+    revision: str | None = None  # Hub datasets: the commit the Hub resolved
+    fingerprint: str | None = None  # Hub datasets: `datasets`' hash of the loaded split
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -159,8 +161,11 @@ def _decode_csv_cells(values: dict) -> dict:
     return decoded
 
 
-def _read_hub(dataset_id: str, split: str) -> Iterator[_RawRow]:
+def _read_hub(dataset_id: str, split: str) -> tuple[list[_RawRow], dict]:
+    """The split's rows, and what identifies them: the dataset's resolved Hub commit and `datasets`' fingerprint
+    of the loaded split (a hash of its files and processing), so a run records exactly what it read."""
     from datasets import load_dataset
+    from huggingface_hub import HfApi
 
     from medtune.modeling import hub_reachable
 
@@ -169,8 +174,13 @@ def _read_hub(dataset_id: str, split: str) -> Iterator[_RawRow]:
             f"cannot load dataset '{dataset_id}': the Hugging Face Hub is not reachable (or HF_HUB_OFFLINE is set) "
             "and it is not a local file. Pass a local JSONL/JSON/Parquet/CSV file instead."
         )
-    for number, values in enumerate(load_dataset(dataset_id, split=split), start=1):
-        yield _RawRow(f"{dataset_id}[{split}]:row {number}", values)
+    dataset = load_dataset(dataset_id, split=split)
+    try:
+        revision = HfApi().dataset_info(dataset_id).sha
+    except Exception:  # the rows loaded; a failed metadata call must not stop the run, and None says it failed
+        revision = None
+    rows = [_RawRow(f"{dataset_id}[{split}]:row {number}", values) for number, values in enumerate(dataset, start=1)]
+    return rows, {"revision": revision, "fingerprint": getattr(dataset, "_fingerprint", None)}
 
 
 # ---------------------------------------------------------------- parsing rows
@@ -364,8 +374,9 @@ def load_examples(
     dropped and counted by reason in the report. `limit` keeps the first N valid rows.
     """
     local = is_local(source)
-    rows = list(_read_local(Path(source)) if local else _read_hub(source, split))
-    report = LoadReport(source=str(source), rows_read=len(rows), sha256=file_sha256(source) if local else None)
+    rows, hub = (list(_read_local(Path(source))), {}) if local else _read_hub(source, split)
+    report = LoadReport(source=str(source), rows_read=len(rows), sha256=file_sha256(source) if local else None,
+                        **hub)
     if rows:
         report.answer_base, report.answer_base_reason = _detect_answer_base(rows, answer_base)
     stem = Path(source).stem if local else split

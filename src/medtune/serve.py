@@ -225,7 +225,8 @@ def _example(question, where: str) -> MCQExample:
 
 
 async def _await_or_hang_up(request: "Request", futures: list[asyncio.Future]):
-    """The answers, or None when the client hangs up first: its questions then leave the queue."""
+    """The answers, or None when the client hangs up first: its questions then leave the queue. A request
+    that runs out of time raises `RequestTimeout` here (504)."""
     answers = asyncio.gather(*futures)
     hang_up = asyncio.ensure_future(_disconnected(request))
     try:
@@ -303,7 +304,8 @@ def _public_description(description: dict) -> dict:
 
 _LIMITS = [("max_batch_size", int, "questions scored in one forward pass"),
            ("max_wait_ms", float, "how long a question waits for others to batch with"),
-           ("max_queue", int, "waiting questions before answering 503 + Retry-After"),
+           ("max_queue", int, "questions waiting for the model (explanations still to come included) before "
+                                "answering 503 + Retry-After"),
            ("max_question_chars", int, "longest question accepted"),
            ("max_option_chars", int, "longest option accepted"),
            ("max_body_bytes", int, "largest request body; larger gets 413"),

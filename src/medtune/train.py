@@ -10,7 +10,6 @@ be read.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import random
 import time
@@ -48,6 +47,14 @@ from medtune.device import (
 )
 from medtune.evaluate import choice_logprobs, model_device
 from medtune.modeling import add_lora, count_parameters, load_base, model_config
+from medtune.parallel import (
+    average_gradients,
+    launched_processes,
+    micro_batches,
+    pin_device,
+    shard_frozen_layers,
+    wants_fsdp,
+)
 from medtune.prompts import template_for
 from medtune.rundir import RunDir, append_jsonl, write_json
 from medtune.tokenization import IGNORE, Encoded, PromptError, collate, encode_example, letter_token_ids, pad_token_id
@@ -103,42 +110,6 @@ def step_batch(step: int, n: int, global_batch: int, seed: int) -> list[int]:
     epoch, offset = divmod(step, per_epoch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return order[offset * global_batch : (offset + 1) * global_batch]
-
-
-def micro_batches(rows: list[int], rank: int, world: int, batch_size: int, lengths: list[int]) -> list[list[int]]:
-    """This process's micro-batches of one optimizer step: rows[rank::world], shortest first, in chunks.
-
-    Every process gets the same number of micro-batches: where its share runs out (the last step of an epoch
-    can hold fewer rows than processes), the list is filled with `[]`, which the loop runs as a weightless
-    stand-in. Each forward and backward is a collective under DDP and FSDP, so a process that skipped one
-    would leave the others waiting forever.
-    """
-    shares = [rows[r::world] for r in range(world)]
-    count = max(1, max(math.ceil(len(share) / batch_size) for share in shares))
-    mine = sorted(shares[rank], key=lambda i: lengths[i])
-    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    return chunks + [[] for _ in range(count - len(chunks))]
-
-
-def _launched_processes() -> int:
-    """How many processes torchrun / accelerate launch started (read before any of them initializes)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def pin_device(device: str, world: int) -> None:
-    """Make GPU N current for `cuda:N`, before accelerate or bitsandbytes place anything.
-
-    In one process accelerate uses the *current* CUDA device, so without this the run would land on GPU 0
-    while the manifest says N. Several processes each take the GPU of their local rank; one index for all
-    of them cannot be honoured, so it is refused.
-    """
-    if not device.startswith("cuda:"):
-        return
-    if world > 1:
-        raise HardwareError(f"--device {device} names one GPU, but {world} processes were launched and each takes "
-                            "the GPU of its local rank: use --device cuda, and choose the GPUs with "
-                            "--cuda-visible-devices (or CUDA_VISIBLE_DEVICES)")
-    torch.cuda.set_device(int(device.partition(":")[2]))
 
 
 def _prepare_output(run: RunDir, config: TrainConfig) -> None:
@@ -212,33 +183,6 @@ def _versions() -> dict:
             "accelerate": accelerate.__version__, "datasets": datasets.__version__}
 
 
-def _wants_fsdp(config: TrainConfig) -> bool:
-    """`fsdp=true`, or `accelerate launch` with an FSDP config (it says so in ACCELERATE_USE_FSDP)."""
-    return config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
-
-
-def shard_frozen_layers(model) -> None:
-    """FSDP2: shard each decoder layer's frozen weights across the processes, which all-gather a layer just
-    before they use it. The LoRA weights (about 1% of the model) stay whole on every process, so the optimizer,
-    checkpoints and the saved adapter are the same as without sharding; their gradients are averaged by
-    `_average_gradients`. Embeddings and the head stay whole too: they are called outside the layers' forward."""
-    from torch.distributed.fsdp import fully_shard
-
-    layers = getattr(model.get_base_model().get_decoder(), "layers", None)
-    if layers is None:
-        raise ValueError("fsdp=true needs a decoder with a `layers` list (Llama/Qwen/Mistral-style models)")
-    for layer in layers:
-        fully_shard(layer, ignored_params={p for p in layer.parameters() if p.requires_grad})
-
-
-def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """What DDP does in backward, for the FSDP path: each LoRA gradient becomes the mean over processes."""
-    import torch.distributed as dist
-
-    for parameter in parameters:
-        dist.all_reduce(parameter.grad, op=dist.ReduceOp.AVG)
-
-
 def train(config: TrainConfig, progress: bool = True) -> RunDir:
     """Fine-tune a LoRA adapter as `config` says; returns the finished run directory."""
     from accelerate import Accelerator
@@ -248,7 +192,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     _prepare_output(run, config)
     apply_visible_devices(config.cuda_visible_devices, config.hip_visible_devices)  # before any CUDA call
     device = select_device(config.device)
-    pin_device(device.value, _launched_processes())
+    pin_device(device.value, launched_processes())
     # Mixed precision off: autocast and loss scaling are ours (Precision), so the NaN guard can step down to a
     # safer dtype mid-run, and an `accelerate launch` config cannot wrap a second autocast around ours.
     accelerator = Accelerator(cpu=device.value == "cpu", mixed_precision="no")
@@ -265,7 +209,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     seed_everything(config.seed, device.value)
     attention = select_attention(config.attention, device.value, dtype.value)
     quantize = _choose_quantization(config, device.value, dtype.value, attention.value)
-    fsdp = _wants_fsdp(config) and world > 1
+    fsdp = wants_fsdp(config) and world > 1
     if fsdp and quantize.value != "none":
         raise HardwareError("fsdp cannot shard a 4-bit or 8-bit base; use one of them: --quantize none with fsdp, "
                             "or QLoRA without fsdp")
@@ -359,7 +303,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
             step_loss += loss_sum.detach().float() * weight
             tokens_seen += int(batch["attention_mask"].sum()) if chunk else 0
         if fsdp:
-            _average_gradients(parameters)
+            average_gradients(parameters)
         loss = accelerator.reduce(step_loss, reduction="sum").item() / n_tokens
         padded = int(accelerator.reduce(torch.tensor(padded, device=accelerator.device), "max").item())
         precision.scaler.unscale_(optimizer)

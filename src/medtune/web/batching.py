@@ -47,7 +47,6 @@ class _Job:
     explain: bool
     future: asyncio.Future  # settled once: an Answer, an exception, or cancelled because the client left
     request: _Request
-    deadline: float  # time.monotonic() after which its generation stops
     streamer: object = None  # streams only: receives the explanation's text as it is generated
     scored: asyncio.Future | None = None  # streams only: the Answer before its explanation
     answer: Answer | None = None  # once scored
@@ -173,8 +172,7 @@ class Batcher:
         question), the explanation's text goes there and `job.scored` settles as soon as it is scored."""
         loop = asyncio.get_running_loop()
         request = _Request(next(self._arrivals))
-        deadline = time.monotonic() + self.request_timeout
-        jobs = [_Job(example, wants, loop.create_future(), request, deadline, streamer)
+        jobs = [_Job(example, wants, loop.create_future(), request, streamer)
                 for example, wants in zip(examples, explain, strict=True)]
         if streamer is not None:
             jobs[0].scored = loop.create_future()
@@ -215,12 +213,16 @@ class Batcher:
     async def _work(self) -> None:
         while True:
             await self.queue.wait_for_work()
-            if self.queue.has_scoring():  # first: a question to score waits behind one explanation at most
-                await self._attempt(self._score, await self.queue.take_scoring(self.max_batch_size,
-                                                                                self.max_wait_s))
-            job = self.queue.next_explanation()
-            if job is not None:
-                await self._attempt(self._explain, [job])
+            await self._turn()  # a call of its own, so that no finished job stays referenced from here
+
+    async def _turn(self) -> None:
+        """Every question waiting to be scored (a batch), then one explanation: a question to score waits
+        behind one explanation at most."""
+        if self.queue.has_scoring():
+            await self._attempt(self._score, await self.queue.take_scoring(self.max_batch_size, self.max_wait_s))
+        job = self.queue.next_explanation()
+        if job is not None:
+            await self._attempt(self._explain, [job])
 
     async def _attempt(self, step: Callable, jobs: list[_Job]) -> None:
         """Run `step` on the jobs still wanted; a failure fails its own requests and the worker lives on."""
@@ -232,7 +234,7 @@ class Batcher:
         except Exception as error:
             log.exception("answering %d question(s) failed", len(jobs))
             for job in jobs:
-                _settle(job.future, error=error)
+                _fail(job, error)
 
     async def _score(self, jobs: list[_Job]) -> None:
         self.batch_sizes[len(jobs)] += 1
@@ -253,15 +255,15 @@ class Batcher:
 
 
 class _UntilDropped(StoppingCriteria):
-    """Ends a generation at its next token once its request is settled elsewhere (the client left or the
-    deadline passed); checks the clock too, so it stops even if the event loop is slow to say so."""
+    """Ends a generation at its next token once its request is settled elsewhere: the client left, or the
+    request's timer expired it. The timer alone decides a deadline, so a request never both times out here
+    and succeeds there."""
 
     def __init__(self, job: _Job):
         self.job = job
 
     def __call__(self, input_ids, scores, **kwargs):
-        dropped = self.job.stop.is_set() or time.monotonic() > self.job.deadline
-        return torch.full((input_ids.shape[0],), dropped, dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.job.stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _generate(answerer, job: _Job, max_new_tokens: int) -> str:
@@ -276,9 +278,13 @@ def _expire(jobs: list[_Job], timeout: float) -> None:
     error = RequestTimeout(f"request: the request took longer than {timeout:g} s and was dropped; retry "
                            "later, ask for fewer explanations, or raise the server's --request-timeout")
     for job in jobs:
-        _settle(job.future, error=error)
-        if job.scored is not None:
-            _settle(job.scored, error=error)
+        _fail(job, error)
+
+
+def _fail(job: _Job, error: BaseException) -> None:
+    _settle(job.future, error=error)
+    if job.scored is not None:  # a stream still waiting for its score hears of the failure too
+        _settle(job.scored, error=error)
 
 
 def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
