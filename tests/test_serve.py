@@ -6,10 +6,8 @@ frees its slot, and 50 concurrent clients are all answered right."""
 import asyncio
 import importlib.util
 import json
-import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,11 +15,10 @@ import hypothesis
 import pytest
 import schemathesis
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 from schemathesis.checks import positive_data_acceptance
 
-from conftest import original_row, write_jsonl
+from conftest import original_row, serving, write_jsonl
 from medtune.answer import Answerer
 from medtune.config import TrainConfig
 from medtune.data import example_from_input
@@ -117,23 +114,6 @@ def wait_until(condition, seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)
-
-
-@contextmanager
-def serving(app):
-    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def assert_polite(response: httpx.Response, status: int, field: str) -> None:

@@ -7,17 +7,15 @@ import asyncio
 import ctypes
 import gc
 import json
-import socket
 import threading
 import time
 import weakref
 from collections import Counter
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 
+from conftest import serving
 from medtune.answer import Answerer
 from medtune.serve import Settings, create_app
 from medtune.web.batching import _Job
@@ -65,26 +63,6 @@ class Counted:
             await send(message)
 
         await self.app(scope, receive, counting)
-
-
-@contextmanager
-def serving(app):
-    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def question(k: int, j: int, explain: bool) -> dict:
