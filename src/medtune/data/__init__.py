@@ -54,6 +54,7 @@ class MCQExample:
     explanation: str | None = None
     subject: str | None = None
     topic: str | None = None
+    context: str | None = None  # passages the question is asked about (PubMedQA's abstract), shown before it
 
     @property
     def letters(self) -> str:
