@@ -330,3 +330,23 @@ def test_attention_defaults_to_the_trainers_choice_and_eager_keeps_the_scores(ti
     # 2 x 32)) and an fp32 logsumexp per head. Over 4 x 256 tokens and 2 layers.
     per_token = (3 * 64 * 2 + 4 * 256 * (4 + 2)) - (2 * (2 * 64 + 2 * 32) + 4 * 4)
     assert eager.activations - sdpa.activations == per_token * 4 * 256 * 2
+
+
+def test_config_plans_the_recipe_yaml_as_the_same_settings_given_as_options(tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "qwen3-1.7b-lora.yaml"
+    local = tmp_path / "recipe.yaml"  # the recipe with its model read from ../shared (no Hub here)
+    local.write_text(recipe.read_text().replace("model: Qwen/Qwen3-1.7B", f"model: {QWEN3_1_7B}"))
+    code, out, _ = _run_cli(["--config", str(local), "--device", "cuda", "--device-memory", "24GiB", "--json"],
+                            capsys)
+    from_config = json.loads(out)
+    code_options, out, _ = _run_cli(["--model", str(QWEN3_1_7B), "--batch-size", "8", "--seq-len", "512",
+                                     "--lora-r", "16", "--lora-dropout", "0.05", "--device", "cuda",
+                                     "--device-memory", "24GiB", "--json"], capsys)
+    assert code == code_options == 0
+    assert (from_config["batch_size"], from_config["seq_len"]) == (8, 512)
+    assert from_config["total_bytes"] == json.loads(out)["total_bytes"]
+
+
+def test_a_config_yaml_given_as_model_is_pointed_to_config(capsys):
+    code, _, err = _run_cli(["--model", "configs/qwen3-1.7b-lora.yaml"], capsys)
+    assert code == 2 and "is a training config, not a model: plan it with --config" in err

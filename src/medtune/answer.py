@@ -24,12 +24,21 @@ from medtune.tokenization import pad_token_id
 
 @dataclass(frozen=True)
 class Answer:
-    answer: str  # the chosen letter
+    answer: str | None  # the chosen letter; None when the top options tie exactly (as `medtune eval` counts it)
     probs: dict[str, float]  # letter -> probability, summing to 1 over the options
     explanation: str | None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def chosen_letter(probs: dict[str, float]) -> str | None:
+    """The most probable letter, or None where two or more tie exactly for the top: `medtune eval`'s rule
+    (`evaluate.predicted_options`), on the probabilities the user sees. fp32 log-probabilities that tie give
+    equal probabilities and distinct ones distinct probabilities, so the two always agree."""
+    top = max(probs.values())
+    letters = [letter for letter, p in probs.items() if p == top]
+    return letters[0] if len(letters) == 1 else None
 
 
 class Answerer:
@@ -97,12 +106,13 @@ class Answerer:
 
     def answer_many(self, items: list[tuple[str, list[str]]], explain: bool = False,
                     max_new_tokens: int = 160) -> list[Answer]:
-        """Score all questions in one batched pass; explanations (if asked) are generated one by one."""
+        """Score all questions in one batched pass; explanations (if asked) are generated one by one, and
+        only for a chosen letter (a tie has none to explain)."""
         examples = [example_from_input(q, o, where=f"question {i + 1}") for i, (q, o) in enumerate(items)]
         answers = []
         for example, probs in zip(examples, self.score(examples)):
-            letter = max(probs, key=probs.get)
-            text = self.explain(example, LETTERS.index(letter), max_new_tokens) if explain else None
+            letter = chosen_letter(probs)
+            text = self.explain(example, LETTERS.index(letter), max_new_tokens) if explain and letter else None
             answers.append(Answer(letter, probs, text))
         return answers
 

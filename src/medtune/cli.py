@@ -168,7 +168,7 @@ def _run_ask(args) -> int:
     if args.json:
         print(json.dumps({**answer.to_dict(), "model": model}, ensure_ascii=False))
         return 0
-    print(f"Answer: {answer.answer}")
+    print(f"Answer: {answer.answer or 'none: the top options tie exactly'}")
     for letter, option in zip(answer.probs, args.option):
         print(f"  {letter}. {option:<50.50} {answer.probs[letter]:6.1%}")
     if answer.explanation is not None:

@@ -532,6 +532,25 @@ def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) 
                              quantization=quantization, attention=manifest.get("attention"), **lengths)
 
 
+def input_from_config_file(path: str, device: str, device_memory_bytes: int | None = None,
+                           attention: str | None = None) -> PlanInput:
+    """A training config YAML's settings, as `medtune train --config` would run them on `device`. Its dtype
+    "auto" resolves as the trainer's would; quantize 4bit/8bit plans QLoRA, and "auto" plans 16-bit LoRA first
+    (the trainer quantizes only when that plan does not fit)."""
+    from medtune.config import load_config
+
+    config = load_config(path)
+    device, dtype = resolve_device_dtype(device if device != "auto" else _config_device(config.device),
+                                         config.dtype)
+    quantization = config.quantize if config.quantize in ("4bit", "8bit") else "none"
+    return input_from_config(config.to_dict(), dtype, device, device_memory_bytes, quantization=quantization,
+                             attention=attention)
+
+
+def _config_device(device: str) -> str:
+    return "auto" if device == "auto" else ("cuda" if device.startswith("cuda") else "cpu")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `medtune plan` options; their defaults are `medtune train`'s (TrainConfig), so a plan with no
     options is the plan of a run with none."""
@@ -556,6 +575,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: the trainer's choice for --device (eager on cpu, sdpa on cuda)")
     parser.add_argument("--from-run", metavar="RUN_DIR",
                         help="estimate a run's exact settings (other options ignored)")
+    parser.add_argument("--config", metavar="YAML",
+                        help="estimate a training config's settings, e.g. configs/qwen3-1.7b-lora.yaml (--device, "
+                             "--device-memory and --attention still apply; the other options are ignored)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -579,6 +601,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.from_run:
             inp = input_from_run(args.from_run, args.device_memory)
+        elif args.config:
+            inp = input_from_config_file(args.config, args.device, args.device_memory, args.attention)
+        elif str(args.model).endswith((".yaml", ".yml")):
+            raise ValueError(f"{args.model} is a training config, not a model: plan it with --config {args.model}")
         elif args.model:
             device, dtype = resolve_device_dtype(args.device, args.dtype)
             setting = {"model": args.model, "method": args.method, "batch_size": args.batch_size,
@@ -589,7 +615,7 @@ def run(args: argparse.Namespace) -> int:
                                     quantization="4bit" if args.method == "qlora" else "none",
                                     attention=args.attention)
         else:
-            raise ValueError("medtune plan needs --model or --from-run.")
+            raise ValueError("medtune plan needs --model, --config or --from-run.")
         plan = estimate(inp)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,7 +27,7 @@ def demo_path() -> Path:
 
 def _split_demo(folder: Path) -> tuple[str, str]:
     """Every third demo row is held out (20 of 60), the rest (40) are training rows, of which `quickstart`
-    keeps 8 as the dev slice (32 are trained on); written as two JSONL files."""
+    keeps 4 as the dev slice (a tenth: `data.DEV_SHARE_PERCENT`; 36 are trained on); written as two JSONL files."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = demo_path().read_text(encoding="utf-8").splitlines(keepends=True)
     train_file, held_out_file = folder / "demo-train.jsonl", folder / "demo-heldout.jsonl"
@@ -57,7 +57,7 @@ def quickstart(output: Path, data: str | None = None, eval_data: str | None = No
     config = TrainConfig(
         model=QUICKSTART_MODEL, output=str(output / "run"), **sources, device="cpu", dtype="fp32",
         skip_invalid=True, limit=limit or (None if demo else 400), eval_limit=eval_limit or 200,
-        dev_size=8 if demo else 32, epochs=epochs or (3.0 if demo else 1.0),
+        dev_size=4 if demo else 32, epochs=epochs or (3.0 if demo else 1.0),
         batch_size=8, grad_accum=1, learning_rate=2e-4, max_seq_len=384, eval_every=5 if demo else 10,
         save_every=10, resume=(output / "run").exists(),  # a killed quickstart continues where it stopped
     )

@@ -126,7 +126,8 @@ def _schemas(settings: Settings):
         questions: list[Question] = Field(min_length=1, max_length=settings.max_queue)
 
     class AnswerOut(BaseModel):
-        answer: str = Field(description="the chosen letter", examples=["B"])
+        answer: str | None = Field(description="the chosen letter; null when the top options tie exactly "
+                                               "(no letter is chosen, and none is explained)", examples=["B"])
         probs: dict[str, float] = Field(description="letter -> probability; they sum to 1")
         explanation: str | None
         model: dict[str, str | None]
@@ -252,7 +253,7 @@ def _streamer(batcher: Batcher):
 async def _events(job, answer: dict):
     """`answer`, then the explanation's `token`s and `done`; `error` instead of `done` if it fails or times out."""
     yield _sse("answer", {key: answer[key] for key in ("answer", "probs", "model")})
-    if job.streamer is None:
+    if job.streamer is None or answer["answer"] is None:  # nothing asked, or a tie: no letter to explain
         yield _sse("done", {"explanation": None})
         return
     try:

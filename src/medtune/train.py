@@ -45,7 +45,7 @@ from medtune.device import (
     select_dtype,
     select_quantization,
 )
-from medtune.evaluate import choice_logprobs, model_device
+from medtune.evaluate import choice_logprobs, model_device, predicted_options
 from medtune.modeling import add_lora, count_parameters, load_base, model_config
 from medtune.parallel import (
     average_gradients,
@@ -168,8 +168,8 @@ def _dev_accuracy(model, tokenizer, template, dev: list[MCQExample]) -> float | 
     """Accuracy on the dev slice; None when there is none (JSON null, never NaN)."""
     if not dev:
         return None
-    predicted = choice_logprobs(model, tokenizer, template, dev, batch_size=16).argmax(-1)
-    return sum(int(p) == e.answer for p, e in zip(predicted.tolist(), dev)) / len(dev)
+    predicted = predicted_options(choice_logprobs(model, tokenizer, template, dev, batch_size=16), dev)
+    return sum(p == e.answer for p, e in zip(predicted, dev)) / len(dev)  # a tie (None) counts wrong, as in eval
 
 
 def _versions() -> dict:

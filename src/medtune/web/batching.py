@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from medtune.answer import Answer
+from medtune.answer import Answer, chosen_letter
 from medtune.data import LETTERS, MCQExample
 
 log = logging.getLogger("medtune.serve")
@@ -240,10 +240,10 @@ class Batcher:
         self.batch_sizes[len(jobs)] += 1
         all_probs = await self.on_model(self.answerer.score, [job.example for job in jobs])
         for job, probs in zip(jobs, all_probs, strict=True):  # unexplained answers do not wait for the rest
-            job.answer = Answer(max(probs, key=probs.get), probs, None)
+            job.answer = answer = Answer(chosen_letter(probs), probs, None)
             if job.scored is not None:
                 _settle(job.scored, job.answer)
-            if not job.explain:
+            if not job.explain or answer.answer is None:  # a tie chooses no letter: nothing to explain
                 _settle(job.future, job.answer)
             elif not job.future.done():  # no explanation is generated for a client that left
                 self.queue.add_explanation(job)
