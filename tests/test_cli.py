@@ -1,6 +1,7 @@
 """The command line as a user meets it: errors as one sentence, eval's output and dtype rules, and the README's
 command reference kept in step with each command's --help."""
 
+import argparse
 import json
 import re
 import shutil
@@ -41,15 +42,21 @@ def _readme_flags() -> dict[str, str]:
             for name in names.split(","):
                 shared[name.strip()] = options
         else:
-            name = text.split()[1]
+            words = text.split()
+            name = " ".join(words[1:3]) if " ".join(words[1:3]) in _subparsers() else words[1]  # "data overlap"
             commands[name] = commands.get(name, "") + " " + text
     return {name: text + (" " + shared[name] if name in shared and "[MODEL OPTIONS]" in text else "")
             for name, text in commands.items()}
 
 
 def _subparsers() -> dict:
-    parser = build_parser()
-    return next(a for a in parser._actions if a.dest == "command").choices
+    """command -> its parser; a command group (`data`) gives one entry per subcommand ("data overlap")."""
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    flat = {}
+    for name, parser in commands.items():
+        group = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        flat.update({f"{name} {sub}": inner for sub, inner in group.choices.items()} if group else {name: parser})
+    return flat
 
 
 FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")

@@ -2,8 +2,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from medtune.config import TrainConfig, load_config, parse_overrides
+from medtune.config import DataSource, TrainConfig, load_config, parse_overrides, parse_source
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -97,6 +98,7 @@ BAD_VALUES = [  # (field, a value that cannot work, what the message must say)
     ("trust_remote_code", "true", "trust_remote_code='true' .*true or false"),
     ("resume", None, "resume=None .*true or false"),
     ("overwrite", 0, "overwrite=0 .*true or false"),
+    ("exclude_overlap", "yes", "exclude_overlap='yes' .*true or false"),
 ]
 
 
@@ -217,3 +219,53 @@ def test_missing_run_config_is_one_sentence(tmp_path):
 
 def test_overwrite_is_off_by_default_and_saved():
     assert TrainConfig().overwrite is False and TrainConfig(overwrite=True).to_dict()["overwrite"] is True
+
+
+# ---------------------------------------------------------------- data: one source, or a mixture
+
+
+def test_a_single_data_path_stays_text_and_is_one_source():
+    config = TrainConfig(data="train.jsonl")
+    assert config.data == "train.jsonl"
+    assert config.sources() == (DataSource("train.jsonl"),)
+
+
+def test_a_task_prefix_names_the_reader_and_a_path_with_equals_stays_a_path():
+    assert parse_source("pubmedqa=folder/ori_pqal.json") == DataSource("folder/ori_pqal.json", task="pubmedqa")
+    assert parse_source("runs/a=b.jsonl") == DataSource("runs/a=b.jsonl")
+
+
+def test_a_yaml_list_of_sources_with_weights_round_trips(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "data:\n"
+        "  - {source: medmcqa.jsonl, weight: 3}\n"
+        "  - {source: ori_pqal.json, task: pubmedqa, split: train, weight: 1}\n"
+        "  - source: bank.csv\n"
+        "    columns: {question: stem, options: [o1, o2], answer: key}\n"
+        "    weight: 0.5\n")
+    config = load_config(str(tmp_path / "c.yaml"))
+    assert config.sources() == (
+        DataSource("medmcqa.jsonl", weight=3.0), DataSource("ori_pqal.json", "pubmedqa", split="train", weight=1.0),
+        DataSource("bank.csv", columns="question=stem,options=o1|o2,answer=key", weight=0.5))
+    config.save(tmp_path / "saved.yaml")
+    assert load_config(str(tmp_path / "saved.yaml")) == config
+
+
+BAD_MIXTURES = [  # (data, what the message must say)
+    ([{"source": "a.jsonl", "weight": 1}, {"source": "b.jsonl"}],
+     r"data\[1\] has no weight while other sources have one: give every source a weight, or none"),
+    ([{"source": "a.jsonl", "weight": 0}], r"data\[0\].weight=0.0 cannot work: a weight is a number > 0, the share"),
+    ([{"source": "a.jsonl", "weight": "half"}], r"data\[0\].weight='half' cannot work"),
+    ([{"source": "a.jsonl", "wieght": 1}], r"data\[0\] has unknown key\(s\) wieght: an entry takes source, task"),
+    ([{"task": "pubmedqa"}], r"data\[0\] has no 'source'"),
+    ([{"source": "a.jsonl", "task": "usmle"}], r"data\[0\].task='usmle' is not a known task; known: medmcqa"),
+    ([], r"data=\(\) cannot work: data must be a path or Hub id, or a non-empty list"),
+    ([{"source": "bank.csv", "columns": "question=stem"}], r"data\[0\].columns: --columns must name options=COLUMN"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_MIXTURES, ids=[m.split(":")[0][:30] for _, m in BAD_MIXTURES])
+def test_a_mixture_that_cannot_work_is_refused_naming_the_entry(data, message, tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(ValueError, match=r"c.yaml: " + message):
+        load_config(str(tmp_path / "c.yaml"))

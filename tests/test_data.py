@@ -232,3 +232,12 @@ def test_non_integral_answer_is_refused(tmp_path, cop):
     rows = [original_row(1, cop=0), original_row(2, cop=cop)]
     with pytest.raises(DataError, match=r"d.jsonl:2: field 'cop': expected an integer"):
         load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_names_other_modules_import_from_medtune_data_stay_public():
+    import medtune.data
+
+    names = {"DEFAULT_HUB_DATASET", "LETTERS", "LOCAL_SUFFIXES", "MAX_OPTIONS", "MIN_OPTIONS", "DataError",
+             "LoadReport", "MCQExample", "dev_slice_size", "example_from_input", "file_sha256", "is_local",
+             "load_examples", "split_dev"}
+    assert names <= set(medtune.data.__all__) and all(hasattr(medtune.data, name) for name in names)

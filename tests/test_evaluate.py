@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -6,14 +7,16 @@ import torch
 from medtune.data import MCQExample
 from medtune.evaluate import (
     choice_logprobs,
+    encode_pair,
     evaluate,
+    fewshot_exemplars,
     parse_strict_answer,
     predicted_options,
     summarize,
     wilson_interval,
 )
 from medtune.modeling import load_base
-from medtune.prompts import template_for
+from medtune.prompts import PromptTemplate, template_for
 from medtune.tokenization import collate_prompts, encode_prompt, pad_token_id
 
 
@@ -113,3 +116,140 @@ def test_tied_letters_are_counted_wrong_not_given_to_a(tiny_qwen3):
     assert metrics["ties"] == 4 and metrics["accuracy"] == 0.0 and metrics["correct"] == 0
     assert [p["pred"] for p in predictions] == [None] * 4
     assert metrics["confusion"] == {"A": {"tie": 4}}
+
+
+# ---------------------------------------------------------------- the harness format: words, several tokens, few-shot
+
+
+def _pubmedqa(i: int, options=("yes", "no", "maybe"), answer: int = 0) -> MCQExample:
+    return MCQExample(f"p{i}", f"Does drug {i} lower blood pressure" + " really" * i + "?", options, answer,
+                      context=f"Background {i}.\nResults: it did{' not' * (i % 2)}.")
+
+
+def test_encode_pair_splits_context_and_continuation_as_lm_evaluation_harness(qwen3_tokenizer):
+    from types import SimpleNamespace
+
+    from lm_eval.api.model import TemplateLM
+
+    harness = SimpleNamespace(backend="causal", tok_encode=lambda text: qwen3_tokenizer.encode(text))
+    for context, continuation in [("Answer:", " yes"), ("Answer: ", "maybe"), ("x  ", " perhaps not"), ("A.", "B")]:
+        assert encode_pair(qwen3_tokenizer, context, continuation, True) == TemplateLM._encode_pair(
+            harness, context, continuation)
+
+
+def test_harness_pubmedqa_scores_the_words_yes_no_maybe_as_columns_a_b_c(tiny):
+    model, tokenizer, _ = tiny
+    template = PromptTemplate(format="harness").for_task("pubmedqa")
+    example = _pubmedqa(1)
+    ids = tokenizer.encode(template.prompt(example), return_tensors="pt")
+    with torch.no_grad():
+        last = model(ids).logits[0, -1]
+    words = [tokenizer.encode(f" {word}", add_special_tokens=False)[0] for word in ("yes", "no", "maybe")]
+    expected = torch.log_softmax(last[words], dim=-1)
+    scores = choice_logprobs(model, tokenizer, template, [example])
+    assert torch.allclose(scores[0, :3], expected, atol=1e-5) and torch.isinf(scores[0, 3:]).all()
+
+
+def _summed_by_hand(model, tokenizer, context: str, continuation: str) -> float:
+    """The harness's loglikelihood: sum over the continuation's tokens of log p(token | everything before)."""
+    context_ids, option_ids = encode_pair(tokenizer, context, continuation, True)
+    ids = torch.tensor([context_ids + option_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    positions = range(len(context_ids) - 1, len(context_ids) + len(option_ids) - 1)
+    return sum(logprobs[p, t].item() for p, t in zip(positions, option_ids))
+
+
+def test_multi_token_choices_are_scored_by_their_summed_token_logprobs(tiny):
+    model, tokenizer, _ = tiny
+    template = PromptTemplate(format="harness").for_task("pubmedqa")
+    example = _pubmedqa(2, options=("yes", "no", "perhaps not at all"))
+    assert len(tokenizer.encode(" perhaps not at all", add_special_tokens=False)) == 4  # the path under test
+    summed = torch.tensor([_summed_by_hand(model, tokenizer, template.prompt(example), text)
+                           for text in template.choice_texts(example)])
+    scores = choice_logprobs(model, tokenizer, template, [example])
+    assert torch.allclose(scores[0, :3], torch.log_softmax(summed, dim=-1), atol=1e-5)
+
+
+def test_multi_token_scores_batched_equal_one_at_a_time(tiny):
+    model, tokenizer, _ = tiny
+    template = PromptTemplate(format="harness").for_task("pubmedqa")
+    examples = [_pubmedqa(i, options=("yes", "no", "perhaps not" + " so" * i)) for i in range(5)]
+    batched = choice_logprobs(model, tokenizer, template, examples, batch_size=4)
+    single = torch.cat([choice_logprobs(model, tokenizer, template, [example], batch_size=1) for example in examples])
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_multi_token_path_agrees_with_the_single_token_path_on_one_token_choices(tiny):
+    from medtune.evaluate import _summed_logprobs
+
+    model, tokenizer, _ = tiny
+    template = PromptTemplate(format="harness").for_task("medqa")
+    examples = _questions(5)
+    pairs = [[encode_pair(tokenizer, template.prompt(e), text, True) for text in template.choice_texts(e)]
+             for e in examples]
+    summed = _summed_logprobs(model, tokenizer, pairs, batch_size=3, progress=False)
+    assert torch.allclose(summed, choice_logprobs(model, tokenizer, template, examples), atol=1e-5)
+
+
+def test_fewshot_exemplars_are_the_first_k_rows_of_the_pool():
+    pool = [MCQExample(f"d{i}", f"Dev {i}?", ("a", "b"), i % 2) for i in range(5)]
+    assert [e.id for e in fewshot_exemplars(pool, 3, _questions(2))] == ["d0", "d1", "d2"]
+    assert fewshot_exemplars(pool, 0, _questions(2)) == []
+
+
+def test_fewshot_exemplars_that_are_scored_questions_are_refused():
+    scored = _questions(3)
+    same_question = MCQExample("other-id", scored[1].question, scored[1].options, 0)
+    with pytest.raises(ValueError, match="other-id are also scored questions"):
+        fewshot_exemplars([same_question], 1, scored)
+
+
+def test_fewshot_k_beyond_the_pool_is_refused():
+    with pytest.raises(ValueError, match="more exemplars than the 1 labelled rows"):
+        fewshot_exemplars([MCQExample("d", "Q?", ("a", "b"), 0)], 2, [])
+
+
+def test_metrics_record_the_task_and_the_fewshot_exemplars(tiny):
+    model, tokenizer, _ = tiny
+    shots = [MCQExample("dev-1", "Dev?", ("a", "b", "c", "d"), 1), MCQExample("dev-2", "Dev 2?", ("e", "f"), 0)]
+    template = PromptTemplate(format="harness").for_task("mmlu_anatomy").with_fewshot(shots, "dev")
+    metrics, _ = evaluate(model, tokenizer, template, _questions(3), progress=False)
+    assert metrics["task"] == "mmlu_anatomy" and metrics["prompt_format"] == "harness"
+    assert metrics["fewshot"] == {"k": 2, "split": "dev", "ids": ["dev-1", "dev-2"]}
+    zero_shot, _ = evaluate(model, tokenizer, template.with_fewshot([]), _questions(3), progress=False)
+    assert zero_shot["fewshot"] == {"k": 0}
+
+
+def _mmlu_csvs(folder, subject: str = "anatomy") -> None:
+    """Headerless MMLU release CSVs: question, A, B, C, D, answer letter."""
+    import csv
+
+    for split, n in (("test", 3), ("dev", 4)):
+        with open(folder / f"{subject}_{split}.csv", "w", newline="", encoding="utf-8") as handle:
+            rows = [[f"{split} question {i}?", "w", "x", "y", "z", "ABCD"[i % 4]] for i in range(n)]
+            csv.writer(handle).writerows(rows)
+
+
+def test_eval_num_fewshot_takes_the_first_rows_of_dev_and_records_them(tiny_qwen3, tmp_path, capsys):
+    from medtune.cli import main
+
+    _mmlu_csvs(tmp_path)
+    output = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_qwen3), "--data", str(tmp_path / "anatomy_test.csv"), "--prompt-format",
+                 "harness", "--num-fewshot", "2", "--output", str(output)]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["task"] == "mmlu_anatomy" and metrics["n"] == 3
+    assert metrics["fewshot"]["k"] == 2 and metrics["fewshot"]["split"] == "dev"
+    assert len(metrics["fewshot"]["ids"]) == 2 and all("dev" in i for i in metrics["fewshot"]["ids"])
+    assert "few-shot: the first 2 rows of split 'dev'" in capsys.readouterr().out
+
+
+def test_eval_num_fewshot_from_the_scored_file_is_refused(tiny_qwen3, tmp_path, capsys):
+    from conftest import original_row, write_jsonl
+    from medtune.cli import main
+
+    data = write_jsonl(tmp_path / "dev.jsonl", [original_row(i, cop=i % 4) for i in range(4)])
+    assert main(["eval", "--model", str(tiny_qwen3), "--data", str(data), "--num-fewshot", "1",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "are also scored questions" in capsys.readouterr().err

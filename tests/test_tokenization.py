@@ -78,3 +78,44 @@ def test_collate_prompts_left_pads_and_counts_positions_over_real_tokens():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
     assert torch.equal(batch["position_ids"], torch.tensor([[0, 1, 2], [0, 0, 1]]))
+
+
+# ---------------------------------------------------------------- a context (PubMedQA's abstract) gives way first
+
+PUBMEDQA = MCQExample("12345", "Does the drug lower blood pressure?", ("yes", "no", "maybe"), 0,
+                      "It lowers systolic pressure by 10 mmHg.",
+                      context="\n".join(" ".join(f"{part} word{k}" for k in range(60)) for part in ("Background",
+                                                                                                    "Results")))
+
+
+def test_a_long_context_is_cut_from_its_end_so_the_whole_target_fits(qwen3_tokenizer):
+    template = template_for(qwen3_tokenizer)
+    letters = letter_token_ids(qwen3_tokenizer, template, 3)
+    full = encode_example(qwen3_tokenizer, template, PUBMEDQA, letters, max_len=1024)
+    encoded = encode_example(qwen3_tokenizer, template, PUBMEDQA, letters, max_len=200)
+    assert full.context_cut == 0 and len(full.input_ids) > 200
+    assert len(encoded.input_ids) <= 200 and encoded.context_cut > 0
+    supervised = [token for token in encoded.labels if token != IGNORE]
+    assert qwen3_tokenizer.decode(supervised) == (
+        " A) yes\nExplanation: It lowers systolic pressure by 10 mmHg.<|im_end|>")
+    text = qwen3_tokenizer.decode(encoded.input_ids)
+    assert "Abstract: Background word0 Background word1" in text and "Results word59" not in text
+    assert "Question: Does the drug lower blood pressure?\nA. yes\nB. no\nC. maybe" in text
+
+
+def test_a_context_too_long_to_keep_any_of_leaves_the_question_and_answer(qwen3_tokenizer):
+    template = template_for(qwen3_tokenizer)
+    letters = letter_token_ids(qwen3_tokenizer, template, 3)
+    bare = replace(PUBMEDQA, context=None)
+    limit = len(encode_example(qwen3_tokenizer, template, bare, letters, max_len=1024).input_ids)
+    encoded = encode_example(qwen3_tokenizer, template, PUBMEDQA, letters, max_len=limit)
+    assert encoded.input_ids == encode_example(qwen3_tokenizer, template, bare, letters, max_len=limit).input_ids
+    assert encoded.context_cut == len(qwen3_tokenizer.encode(PUBMEDQA.context, add_special_tokens=False))
+
+
+def test_a_row_without_context_that_cannot_fit_is_still_too_long(qwen3_tokenizer):
+    template = template_for(qwen3_tokenizer)
+    letters = letter_token_ids(qwen3_tokenizer, template, 3)
+    with pytest.raises(PromptError, match="too long for max_seq_len=20") as error:
+        encode_example(qwen3_tokenizer, template, replace(PUBMEDQA, context=None), letters, max_len=20)
+    assert error.value.reason == "too_long"

@@ -346,7 +346,7 @@ def test_a_hub_dataset_is_recorded_with_its_revision_and_fingerprint(tiny_qwen3,
     rows = datasets.Dataset.from_list([original_row(i, cop=i % 4) for i in range(24)])
     info = type("Info", (), {"sha": "0123abcd" * 5})()
     monkeypatch.setattr(medtune.modeling, "hub_reachable", lambda: True)
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None: rows)
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, name: info)
     run = train(_config(tiny_qwen3, "someone/medmcqa", tmp_path / "run", max_steps=1), progress=False)
     recorded = json.loads(run.manifest.read_text())["data"]["train"]

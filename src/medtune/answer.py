@@ -146,7 +146,7 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--prompt-format", choices=["auto", "chat", "plain", "harness"], default=None,
                         help="with --model: the prompt style (default auto: the chat template if the model has one); "
                              "with a run: auto (the run's saved prompt, the default) or 'harness' "
-                             "(lm-evaluation-harness's MedMCQA prompt instead, recorded in the results)")
+                             "(lm-evaluation-harness's prompt for the task instead, recorded in the results)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow code from the model repository to run (only for repositories you trust)")
     parser.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from medtune import __version__
 from medtune.answer import add_model_arguments, answerer_from_args
 from medtune.rundir import RunDir
+from medtune.tasks import SUITES
 
 EPILOG = "Run 'medtune COMMAND --help' for a command's options. Docs: README.md."
 
@@ -27,8 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
                                             "the Qwen3-1.7B GPU recipe is configs/qwen3-1.7b-lora.yaml). With "
                                             "--resume they start from the run's saved config.yaml instead.")
     train.add_argument("--model", help="base model: Hub id, local folder or .gguf file (default Qwen/Qwen3-1.7B)")
-    train.add_argument("--data", help="training data: Hub dataset id or a local .jsonl/.json/.parquet/.csv file")
-    train.add_argument("--eval-data", help="held-out data; rows found here are kept out of the dev slice")
+    train.add_argument("--data", action="append", metavar="[TASK=]SOURCE",
+                       help="training data: Hub dataset id or a local .jsonl/.json/.parquet/.csv file, optionally "
+                            "prefixed by the task whose reader reads it (pubmedqa=ori_pqal.json); give it several "
+                            "times to train on a mixture (weights: a data list in the --config YAML)")
+    train.add_argument("--eval-data", metavar="[TASK=]SOURCE",
+                       help="held-out data: rows found here are kept out of the dev slice, and the training rows' "
+                            "overlap with it is recorded in the manifest")
+    train.add_argument("--columns", metavar="KEY=COLUMN,...",
+                       help="your own question bank's column names for the one --data file (see README, Data); "
+                            "in a mixture, give each source its columns in the YAML data list")
+    train.add_argument("--exclude-overlap", action="store_true", default=None,
+                       help="drop training rows that overlap --eval-data (exact, same question, or a shared "
+                            "13-gram), counted in report.json")
     train.add_argument("--output", required=True, help="run directory to create (or resume)")
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     train.add_argument("--epochs", type=float, help="passes over the training rows (default 1)")
@@ -61,8 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Score each question by the answer letters' probabilities (one forward "
                                                "pass per question); write metrics.json and predictions.jsonl.")
     add_model_arguments(evaluate)
-    evaluate.add_argument("--data", required=True, help="Hub dataset id or local file")
-    evaluate.add_argument("--split", default="validation", help="Hub split (default validation)")
+    evaluate.add_argument("--data", help="Hub dataset id or local file (or --suite instead)")
+    evaluate.add_argument("--task", help="the benchmark --data belongs to (medmcqa, medqa_4options, medqa, pubmedqa, "
+                                         "mmlu_<subject>): it picks the reader and the default split; without "
+                                         "--data, the task's Hub copy is read. Default: detected from the file")
+    evaluate.add_argument("--columns", metavar="KEY=COLUMN,...",
+                          help="your own question bank's column names, e.g. question=stem,options=opt1|opt2|opt3|"
+                               "opt4,answer=key,explanation=rationale,subject=area (see README, Data)")
+    evaluate.add_argument("--suite", choices=sorted(SUITES),
+                          help="score every task of a benchmark suite instead of --data: medical = medmcqa, "
+                               "medqa_4options, pubmedqa and six MMLU subjects; writes OUTPUT/<task>/ and "
+                               "OUTPUT/suite.json")
+    evaluate.add_argument("--source", action="append", metavar="TASK=PATH",
+                          help="with --suite: read TASK from a local file or folder instead of its Hub id; "
+                               "mmlu=FOLDER for the six MMLU CSVs; give it once per task")
+    evaluate.add_argument("--limit-per-task", type=int, help="with --suite: the first N valid questions of each task")
+    evaluate.add_argument("--split", help="split to read (default: the task's scored split; a Hub id without "
+                                          "--task: validation; a local file: the whole file)")
     evaluate.add_argument("--limit", type=int, help="the first N valid questions")
     evaluate.add_argument("--output", required=True, help="folder for metrics.json and predictions.jsonl "
                                                            "(generations.jsonl with --generative)")
@@ -74,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--generative", action="store_true",
                           help="also generate and parse a strict 'Answer: X' (unparseable counts as wrong)")
     evaluate.add_argument("--max-new-tokens", type=int, default=16, help="generation length for --generative")
+    evaluate.add_argument("--num-fewshot", type=int, default=0, metavar="K",
+                          help="show K solved exemplars before every question (default 0): the first K rows of the "
+                               "task's few-shot split (MMLU: dev, as lm-evaluation-harness; others: train), never "
+                               "the scored rows; recorded in metrics.json")
+    evaluate.add_argument("--fewshot-data", metavar="SOURCE",
+                          help="with --num-fewshot: read the exemplars from this file, folder or Hub id instead of "
+                               "--data's few-shot split")
 
     ask = commands.add_parser("ask", help="answer one question with probabilities and an explanation", epilog=EPILOG)
     add_model_arguments(ask)
@@ -98,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_doctor_arguments(doctor)
 
+    compare = commands.add_parser(
+        "compare", help="did it help? two evaluations compared question by question", epilog=EPILOG,
+        description="Compare two `medtune eval` output folders (or two --suite folders: per task and on the "
+                    "averages) on the questions both scored, matched by id: the accuracy difference with a paired "
+                    "bootstrap 95%% interval (10,000 resamples, seed 0), McNemar's exact test, and a verdict.")
+    compare.add_argument("eval_a", metavar="EVAL_A", help="the first evaluation folder (e.g. the base model's)")
+    compare.add_argument("eval_b", metavar="EVAL_B", help="the second (e.g. the tuned run's); differences are B - A")
+    compare.add_argument("--json", action="store_true", help="print the whole comparison as one JSON object")
+
     serve = commands.add_parser("serve", help="answer over HTTP: a REST API and a web page", epilog=EPILOG)
     from medtune.serve import add_arguments as add_serve_arguments
 
@@ -113,17 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "or 400 with Hub/--data)")
     quick.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 200)")
     quick.add_argument("--epochs", type=float, default=None, help="passes over the training rows")
+
+    data = commands.add_parser("data", help="inspect data sets: overlap between training and evaluation rows",
+                               epilog=EPILOG)
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    overlap = data_commands.add_parser(
+        "overlap", help="training rows that duplicate or share 13-grams with evaluation rows", epilog=EPILOG,
+        description="Compare training rows with evaluation rows: exact duplicates (question + options), the same "
+                    "question with other options, and shared 13-grams of the question (lm-evaluation-harness's "
+                    "decontamination test). Each source is a file, a Hub dataset id, or TASK=PATH.")
+    overlap.add_argument("--train", action="append", required=True, metavar="SRC",
+                         help="training data (file, Hub id or TASK=PATH); give it once per source")
+    overlap.add_argument("--eval", action="append", required=True, metavar="SRC",
+                         help="evaluation data (file, Hub id, TASK=PATH or mmlu=FOLDER); once per source")
+    overlap.add_argument("--skip-invalid", action="store_true", help="skip invalid rows (counted per source)")
+    overlap.add_argument("--json", action="store_true", help="print the whole report (every id) as one JSON object")
     return parser
 
 
 def _run_train(args) -> int:
-    from medtune.config import load_config, parse_overrides
+    from medtune.config import load_config, parse_overrides, parse_source
     from medtune.train import train
 
     flags = {name: getattr(args, name) for name in ("model", "data", "eval_data", "output", "max_steps", "epochs",
                                                     "limit", "answer_base", "device", "dtype",
                                                     "cuda_visible_devices", "hip_visible_devices", "quantize")}
+    if args.data:  # one --data stays text, as a config file spells it; several make a mixture
+        flags["data"] = args.data[0] if len(args.data) == 1 else args.data
+    if args.columns:
+        if len(args.data or []) != 1:
+            raise ValueError("--columns maps the columns of one --data file; for several sources give each its "
+                             "columns in the YAML data list")
+        flags["data"] = [parse_source(args.data[0]).to_dict() | {"columns": args.columns}]
     flags.update(skip_invalid=args.skip_invalid or None, resume=args.resume or None,
+                 exclude_overlap=args.exclude_overlap,
                  overwrite=args.overwrite or None, trust_remote_code=args.trust_remote_code)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
@@ -149,14 +215,59 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from medtune.data import load_examples
-    from medtune.evaluate import check_output, evaluate_to_dir
+    from medtune.data import is_local, load_examples
+    from medtune.evaluate import check_output, evaluate_to_dir, load_fewshot, task_of
 
+    if args.suite or args.source or args.limit_per_task is not None:
+        return _run_eval_suite(args)
+    if not args.data and not args.task:
+        raise ValueError("give --data (a file or Hub dataset id), --task (its Hub copy) or --suite medical")
     check_output(Path(args.output), args.overwrite)  # before minutes of loading, not after
-    examples, report = load_examples(args.data, split=args.split, answer_base=args.answer_base,
-                                     skip_invalid=args.skip_invalid, limit=args.limit)
-    evaluate_to_dir(answerer_from_args(args), examples, Path(args.output), args.batch_size, data=report.to_dict(),
+    hub_without_task = args.data and not args.task and not is_local(args.data)
+    examples, report = load_examples(args.data, task=args.task, columns=args.columns,
+                                     split=args.split or ("validation" if hub_without_task else None),
+                                     answer_base=args.answer_base, skip_invalid=args.skip_invalid, limit=args.limit)
+    task = args.task or task_of(report.layout, examples)  # the harness format's text is the task's own
+    fewshot = load_fewshot(args.fewshot_data or args.data, task, args.num_fewshot, examples,
+                           answer_base=args.answer_base, skip_invalid=args.skip_invalid,
+                           columns=None if args.fewshot_data else args.columns) if args.num_fewshot else ([], None)
+    answerer = answerer_from_args(args)
+    answerer.template = answerer.template.for_task(task).with_fewshot(*fewshot)
+    _warn_if_trained_on(args.run_dir, examples)  # once the run has loaded: a broken run gets one error line
+    evaluate_to_dir(answerer, examples, Path(args.output), args.batch_size, data=report.to_dict(),
                     generative_tokens=args.max_new_tokens if args.generative else None, overwrite=args.overwrite)
+    return 0
+
+
+def _warn_if_trained_on(run_dir: str | None, examples) -> None:
+    """A warning on stderr when the evaluated rows overlap the rows the run trained on (its fingerprint file)."""
+    path = RunDir(run_dir).fingerprint if run_dir else None
+    if path is None or not path.exists():  # --model, or a run made before runs kept a fingerprint
+        return
+    from medtune.data.overlap import warn_if_trained_on
+
+    warning = warn_if_trained_on(json.loads(path.read_text(encoding="utf-8")), examples)
+    if warning:
+        print(f"medtune eval: warning: {warning}", file=sys.stderr)
+
+
+def _run_eval_suite(args) -> int:
+    from medtune.suite import run_suite
+
+    if not args.suite:
+        raise ValueError("--source and --limit-per-task belong to --suite; add --suite medical (or use --data "
+                         "and --limit for one data set)")
+    given = [flag for flag, value in (("--data", args.data), ("--limit", args.limit), ("--task", args.task),
+                                      ("--columns", args.columns), ("--split", args.split),
+                                      ("--fewshot-data", args.fewshot_data),
+                                      ("--generative", args.generative)) if value]
+    if given:
+        raise ValueError(f"--suite scores each task's own split from its own source; drop {' and '.join(given)} "
+                         "(point a task at a file with --source TASK=PATH, cap each task with --limit-per-task; "
+                         "--num-fewshot takes each task's exemplars from its own source)")
+    run_suite(lambda: answerer_from_args(args), args.suite, Path(args.output), args.source, args.limit_per_task,
+              args.batch_size, args.overwrite, num_fewshot=args.num_fewshot, run_dir=args.run_dir,
+              skip_invalid=args.skip_invalid, answer_base=args.answer_base)
     return 0
 
 
@@ -184,6 +295,14 @@ def _run_quickstart(args) -> int:
     return 0
 
 
+def _run_compare(args) -> int:
+    from medtune.evaluation.compare import compare, format_comparison
+
+    result = compare(args.eval_a, args.eval_b, warn=lambda message: print(message, file=sys.stderr))
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
 def _run_doctor(args) -> int:
     from medtune.doctor import run
 
@@ -202,6 +321,14 @@ def _run_plan(args) -> int:
     return run(args)
 
 
+def _run_data(args) -> int:
+    from medtune.data.overlap import overlap_of_sources
+
+    report = overlap_of_sources(args.train, args.eval, skip_invalid=args.skip_invalid)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.summary())
+    return 0
+
+
 def _fail(command: str, message: str) -> int:
     """Print the error as one line (a user error is a sentence, never a traceback) and return exit code 2."""
     print(f"medtune {command}: error: {' '.join(message.split())}", file=sys.stderr)
@@ -211,7 +338,7 @@ def _fail(command: str, message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
-                "serve": _run_serve, "quickstart": _run_quickstart}
+                "serve": _run_serve, "quickstart": _run_quickstart, "compare": _run_compare, "data": _run_data}
     from safetensors import SafetensorError
     from yaml import YAMLError
 

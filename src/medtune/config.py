@@ -26,6 +26,37 @@ MEMORY_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*", re.IGNOREC
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """One source of a training mixture: a local file or Hub id, read by `task`'s reader (detected when None).
+
+    `weight`: the share of each epoch's rows drawn from this source, relative to the other sources' weights
+    (rows are drawn with a seeded RNG: a source smaller than its share is repeated, a larger one subsampled,
+    a new draw every epoch). Without weights every row is used once per epoch, as with a single source.
+    """
+
+    source: str
+    task: str | None = None  # a name from medtune.tasks, e.g. "pubmedqa"; None: the layout is detected
+    columns: str | None = None  # a question bank's own columns, as `--columns` spells them
+    split: str | None = None  # None: train_split for a Hub id; a local file's own rule otherwise
+    weight: float | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataSource))
+
+
+def parse_source(text: str) -> DataSource:
+    """'PATH' or 'TASK=PATH' (the command line's spelling): the prefix is a task only when it names one, so a
+    path that holds '=' still reads as a path."""
+    from medtune.tasks import TASKS
+
+    task, sep, rest = text.partition("=")
+    return DataSource(rest, task=task) if sep and task in TASKS and rest else DataSource(text)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything `medtune train` needs, checked when built (a value that cannot work raises ValueError).
 
@@ -35,11 +66,11 @@ class TrainConfig:
     """
 
     model: str = DEFAULT_MODEL
-    data: str = "openlifescienceai/medmcqa"
+    data: str | tuple[DataSource, ...] = "openlifescienceai/medmcqa"  # one source, or a mixture (see DataSource)
     output: str = "runs/medtune"
     eval_data: str | None = None
-    train_split: str = "train"  # Hub split names; ignored for local files
-    eval_split: str = "validation"
+    train_split: str = "train"  # a Hub split, or a local PubMedQA/MMLU source's (a one-split file ignores it)
+    eval_split: str = "validation"  # for a Hub eval_data without a task; else its task's scored split / the file
     revision: str | None = None  # Hub commit/branch of the base model
     answer_base: int | None = None  # 0 or 1 for integer answers when the data cannot tell
     skip_invalid: bool = False
@@ -78,10 +109,13 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # start over in a folder that holds a run (finished or not): its files are deleted
     fsdp: bool = False  # under several processes, shard the frozen decoder layers (torch FSDP2) instead of copying them
+    exclude_overlap: bool = False  # drop training rows that overlap eval_data (counted in report.json)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, list):  # the Python API's natural spelling; stored hashable
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if isinstance(self.data, list):  # likewise a list of sources (text or mappings) -> DataSource entries
+            object.__setattr__(self, "data", _coerce("data", self.data))
         for name in _field_types():
             problem = _problem(name, getattr(self, name))
             if problem:
@@ -91,7 +125,13 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         if isinstance(values["lora_target_modules"], tuple):
             values["lora_target_modules"] = list(values["lora_target_modules"])
+        if isinstance(self.data, tuple):
+            values["data"] = [entry.to_dict() for entry in self.data]
         return values
+
+    def sources(self) -> tuple[DataSource, ...]:
+        """The training sources: `data` as one entry (its 'TASK=PATH' prefix read) or the mixture's entries."""
+        return (parse_source(self.data),) if isinstance(self.data, str) else self.data
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
@@ -108,6 +148,8 @@ def _coerce(name: str, value):
         if isinstance(value, list):
             return tuple(str(item).strip() for item in value)
         return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) and "," in value else value
+    if name == "data" and isinstance(value, list | tuple):
+        return tuple(map(_data_entry, value))
     if name in _TEXT_FROM_NUMBER and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # YAML reads `cuda_visible_devices: 1` or `memory_budget: 8000000000` as a number
     if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -119,6 +161,22 @@ def _coerce(name: str, value):
 
 
 _TEXT_FROM_NUMBER = ("cuda_visible_devices", "hip_visible_devices", "memory_budget")
+
+
+def _data_entry(item):
+    """A mixture entry as YAML or the command line gives it -> DataSource; anything else is left for
+    `_data_problem` to describe."""
+    if isinstance(item, str):
+        return parse_source(item)
+    if not isinstance(item, dict) or not set(item) <= set(DATA_KEYS) or "source" not in item:
+        return item
+    values = dict(item)
+    if isinstance(values.get("columns"), dict):  # `columns: {question: stem, options: [a, b]}` in YAML
+        values["columns"] = ",".join(f"{key}={'|'.join(map(str, v)) if isinstance(v, list) else v}"
+                                     for key, v in values["columns"].items())
+    if _is_int(values.get("weight")):
+        values["weight"] = float(values["weight"])
+    return DataSource(**values)
 
 
 # ---------------------------------------------------------------- what each field accepts
@@ -164,7 +222,7 @@ _BOOL = (lambda value: isinstance(value, bool), "true or false")
 _GPUS = (_gpu_list, "comma-separated GPU indices or UUIDs (e.g. '0,1'), or null")
 
 _RULES: dict[str, tuple[Callable, str]] = {
-    "model": _TEXT, "data": _TEXT, "output": _TEXT, "eval_data": _OPTIONAL_TEXT,
+    "model": _TEXT, "output": _TEXT, "eval_data": _OPTIONAL_TEXT,
     "train_split": _TEXT, "eval_split": _TEXT, "revision": _OPTIONAL_TEXT,
     "answer_base": (lambda value: value is None or (_is_int(value) and value in (0, 1)), "0, 1 or null"),
     "skip_invalid": _BOOL,
@@ -191,12 +249,61 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "cuda_visible_devices": _GPUS, "hip_visible_devices": _GPUS,
     "dtype": _one_of(DTYPES), "attention": _one_of(ATTENTIONS), "quantize": _one_of(QUANTIZATIONS),
     "memory_budget": (_memory_size, "a memory size such as 24GB or 80GiB, or null"),
-    "trust_remote_code": _BOOL, "resume": _BOOL, "overwrite": _BOOL, "fsdp": _BOOL,
+    "trust_remote_code": _BOOL, "resume": _BOOL, "overwrite": _BOOL, "fsdp": _BOOL, "exclude_overlap": _BOOL,
 }
+
+
+def _entry_problem(index: int, entry) -> str | None:
+    from medtune.tasks import TASKS
+
+    where = f"data[{index}]"
+    if not isinstance(entry, DataSource):
+        if isinstance(entry, dict):
+            unknown = sorted(set(entry) - set(DATA_KEYS))
+            what = f"unknown key(s) {', '.join(unknown)}" if unknown else "no 'source'"
+            return f"{where} has {what}: an entry takes {', '.join(DATA_KEYS)} (source required)"
+        return f"{where}={entry!r} cannot work: an entry is a path or Hub id, or a mapping with {', '.join(DATA_KEYS)}"
+    if not _is_text(entry.source):
+        return f"{where}.source={entry.source!r} cannot work: it must be a file path or Hub dataset id"
+    if entry.task is not None and entry.task not in TASKS:
+        return f"{where}.task={entry.task!r} is not a known task; known: {', '.join(TASKS)}"
+    for name in ("columns", "split"):
+        if getattr(entry, name) is not None and not _is_text(getattr(entry, name)):
+            return f"{where}.{name}={getattr(entry, name)!r} cannot work: it must be non-empty text or absent"
+    if entry.columns is not None:
+        from medtune.data.columns import parse_spec  # the reader's own rules, checked before anything loads
+
+        try:
+            parse_spec(entry.columns)
+        except ValueError as error:
+            return f"{where}.columns: {error}"
+    if entry.weight is not None and not (_is_number(entry.weight) and entry.weight > 0):
+        return (f"{where}.weight={entry.weight!r} cannot work: a weight is a number > 0, the share of each epoch's "
+                "rows drawn from that source relative to the other weights")
+    return None
+
+
+def _data_problem(value) -> str | None:
+    """None when `data` can work: one source as text, or a non-empty list of entries, weighted all or none."""
+    if isinstance(value, str):
+        return None if _is_text(value) else f"data={value!r} cannot work: data must be non-empty text or a list"
+    if not isinstance(value, tuple) or not value:
+        return f"data={value!r} cannot work: data must be a path or Hub id, or a non-empty list of sources"
+    for index, entry in enumerate(value):
+        problem = _entry_problem(index, entry)
+        if problem:
+            return problem
+    weighted = [entry.weight is not None for entry in value]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(f"data[{i}]" for i, has in enumerate(weighted) if not has)
+        return f"{missing} has no weight while other sources have one: give every source a weight, or none"
+    return None
 
 
 def _problem(name: str, value) -> str | None:
     """None when `value` can work for field `name`; else a sentence naming the field, the value and the range."""
+    if name == "data":
+        return _data_problem(value)
     accepts, allowed = _RULES[name]
     return None if accepts(value) else f"{name}={value!r} cannot work: {name} must be {allowed}"
 

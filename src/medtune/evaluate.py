@@ -1,7 +1,11 @@
-"""Score multiple-choice questions by the answer letters' probabilities at the answer position.
+"""Score multiple-choice questions by the probabilities of each option's continuation after the prompt.
 
-One forward pass per question (batched, longest first, left-padded so the scored position is the last
-column), only that position's logits kept, restricted to the letter tokens. No free text is parsed.
+Where every option is one token (the letters " A".." E", and PubMedQA's " yes"/" no"/" maybe" in the tokenizers we
+ship with), one forward pass per question (batched, longest first, left-padded so the scored position is the
+last column), only that position's logits kept, restricted to the option tokens. Where an option is several
+tokens (the harness format's words in some tokenizers), each (prompt + option) is scored in one batched pass
+over the options and its tokens' log-probabilities summed, as lm-evaluation-harness does (`acc`: the argmax of
+the summed log-likelihoods, no length normalisation). No free text is parsed.
 """
 
 from __future__ import annotations
@@ -32,29 +36,108 @@ def choice_logprobs(
     model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Log-probabilities of each option's letter, normalized over the example's options.
+    """Log-probabilities of each option's continuation (`template.choice_texts`), normalized over the
+    example's options.
 
-    Returns float32 [n_examples, 5] on the CPU; columns past an example's option count are -inf.
-    The letter logits are computed in fp32 whatever the model's dtype (`letter_logits`).
+    Returns float32 [n_examples, 5] on the CPU; columns past an example's option count are -inf; for harness
+    PubMedQA columns A/B/C are yes/no/maybe. Single-token options are scored by fp32 logits (`letter_logits`);
+    multi-token ones by an fp32 log-softmax over the vocabulary (`_summed_logprobs`).
     The evaluation, the training loop's dev check and the `Answerer` all score through this function.
     """
     if not examples:
         return torch.empty(0, len(LETTERS))
-    letter_ids = torch.tensor(letter_token_ids(tokenizer, template, len(LETTERS), sample=examples[0]))
-    prompts = [encode_prompt(tokenizer, template, example) for example in examples]
-    order = sorted(range(len(examples)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    if template.format == "harness":
+        pairs = [[encode_pair(tokenizer, template.prompt(example), text, template.add_special_tokens)
+                  for text in template.choice_texts(example)] for example in examples]
+        choice_ids = _shared_single_tokens(pairs)
+        if choice_ids is None:
+            return _summed_logprobs(model, tokenizer, pairs, batch_size, progress)
+        prompts = [choices[0][0] for choices in pairs]  # the context ids, as the harness splits them
+    else:  # the run's own prompt: each letter must be one token after it (checked, else a sentence)
+        choice_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=examples[0])
+        prompts = [encode_prompt(tokenizer, template, example) for example in examples]
+    return _single_token_logprobs(model, tokenizer, prompts, choice_ids, [len(e.options) for e in examples],
+                                  batch_size, progress)
+
+
+def encode_pair(tokenizer, context: str, continuation: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) split as lm-evaluation-harness 0.4.13 splits them (`_encode_pair`):
+    trailing spaces of the context move onto the continuation, the whole text is encoded once, and the
+    continuation is what follows the context's own encoding. So " yes" is scored as the tokens the model
+    would read in the running text, even where the tokenizer merges across the boundary."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation, add_special_tokens=add_special_tokens)
+    context_ids = tokenizer.encode(context, add_special_tokens=add_special_tokens)
+    return context_ids, whole[len(context_ids):]
+
+
+def _shared_single_tokens(pairs: list[list[tuple[list[int], list[int]]]]) -> list[int] | None:
+    """The option token ids when every option of every example is one token, the same id for the same column
+    in every example (the letters, or yes/no/maybe); else None (score the multi-token way)."""
+    ids: list[int] = []
+    for choices in pairs:
+        for column, (_, continuation) in enumerate(choices):
+            if len(continuation) != 1:
+                return None
+            if column == len(ids):
+                ids.append(continuation[0])
+            elif ids[column] != continuation[0]:
+                return None
+    return ids
+
+
+def _single_token_logprobs(model, tokenizer, prompts: list[list[int]], choice_ids: list[int], counts: list[int],
+                           batch_size: int, progress: bool) -> torch.Tensor:
+    """One forward pass per prompt; the options' fp32 logits at its last position, log-softmaxed over the
+    example's `counts[i]` options: [n, 5]."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     device, pad = model_device(model), pad_token_id(tokenizer)
-    scores = torch.full((len(examples), len(LETTERS)), -math.inf)
+    ids = torch.tensor(choice_ids, device=device)
+    scores = torch.full((len(prompts), len(LETTERS)), -math.inf)
     was_training = model.training
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in rows], pad).items()}
-        letters = letter_logits(model, batch, letter_ids.to(device)).cpu()  # [batch, 5] fp32
+        letters = letter_logits(model, batch, ids).cpu()  # [batch, n_choices] fp32
         for row, index in enumerate(rows):
-            k = len(examples[index].options)
+            k = counts[index]
             scores[index, :k] = torch.log_softmax(letters[row, :k], dim=-1)
     model.train(was_training)
+    return scores
+
+
+def _summed_logprobs(model, tokenizer, pairs: list[list[tuple[list[int], list[int]]]], batch_size: int,
+                     progress: bool) -> torch.Tensor:
+    """Options of several tokens: each (context + option) is one row, `batch_size` rows a pass; an option's
+    score is the sum of its tokens' log-probabilities (fp32 log-softmax over the vocabulary), then the
+    example's options are normalized against each other: [n, 5].
+
+    As in the harness, the model reads context + option without the option's last token; the option's
+    tokens are predicted at the last len(option) positions, which left padding puts in the last columns."""
+    rows = [(i, j, context + option[:-1], option) for i, choices in enumerate(pairs)
+            for j, (context, option) in enumerate(choices)]
+    rows.sort(key=lambda row: -len(row[2]))
+    device, pad = model_device(model), pad_token_id(tokenizer)
+    summed = torch.full((len(pairs), len(LETTERS)), -math.inf, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(rows), batch_size), desc="scoring", unit="batch", disable=not progress):
+        chunk = rows[start : start + batch_size]
+        keep = max(len(option) for *_, option in chunk)
+        batch = {k: v.to(device) for k, v in collate_prompts([inputs for _, _, inputs, _ in chunk], pad).items()}
+        logits = model(**batch, logits_to_keep=keep, use_cache=False).logits[:, -keep:]  # [batch, keep, vocab]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model's dtype
+        for row, (i, j, _, option) in enumerate(chunk):
+            targets = torch.tensor(option, device=device)
+            picked = logprobs[row, keep - len(option):].gather(-1, targets[:, None])  # [len(option), 1]
+            summed[i, j] = picked.sum().item()
+    model.train(was_training)
+    scores = torch.full((len(pairs), len(LETTERS)), -math.inf)
+    for i, choices in enumerate(pairs):
+        scores[i, : len(choices)] = torch.log_softmax(summed[i, : len(choices)], dim=-1).float()
     return scores
 
 
@@ -166,10 +249,74 @@ def evaluate(
         for i, (e, p) in enumerate(zip(examples, predicted))
     ]
     metrics = summarize(examples, predicted, none_label="tie")
-    metrics.update(mode="scored", prompt_format=template.format, ties=predicted.count(None),
+    metrics.update(mode="scored", prompt_format=template.format, task=template.task, fewshot=fewshot_record(template),
+                   ties=predicted.count(None),
                    tie_rule="a question whose top letters tie exactly is counted wrong", seconds=round(seconds, 3),
                    questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
     return metrics, predictions
+
+
+def fewshot_record(template: PromptTemplate) -> dict:
+    """What metrics.json says about the exemplars: K, the split they came from and their ids."""
+    if not template.fewshot:
+        return {"k": 0}
+    return {"k": len(template.fewshot), "split": template.fewshot_split, "ids": [e.id for e in template.fewshot]}
+
+
+def fewshot_exemplars(pool: list[MCQExample], k: int, scored: list[MCQExample]) -> list[MCQExample]:
+    """The first `k` rows of `pool`, the few-shot split (lm-evaluation-harness's `first_n` sampler, which MMLU
+    uses with its `dev` split; for its other tasks the harness draws a fresh random sample per question, which
+    medtune does not copy: the same K exemplars precede every question, so a result is reproducible from the
+    ids in metrics.json). Exemplars that are also scored questions (same id or same question and options)
+    are refused: a model shown the answer would be scored on it."""
+    if k < 0:
+        raise ValueError(f"--num-fewshot {k} is negative; give 0 (the default) or more exemplars")
+    if k > len(pool):
+        raise ValueError(f"--num-fewshot {k} asks for more exemplars than the {len(pool)} labelled rows of the "
+                         "few-shot split; give a smaller K")
+    chosen = pool[:k]
+    scored_ids, scored_keys = {e.id for e in scored}, {e.key() for e in scored}
+    clash = [e.id for e in chosen if e.id in scored_ids or e.key() in scored_keys]
+    if clash:
+        raise ValueError(f"few-shot exemplar(s) {', '.join(clash[:5])} are also scored questions; take exemplars "
+                         "from another split or file (--fewshot-data)")
+    return chosen
+
+
+def load_fewshot(source: str | None, task_name: str | None, k: int, scored: list[MCQExample],
+                 **load_options) -> tuple[list[MCQExample], str]:
+    """(exemplars, the split they came from) for `medtune eval --num-fewshot K`: the first K labelled rows of
+    the task's few-shot split (`tasks.Task.fewshot_split`: MMLU `dev`, the others `train`) of `source` (a Hub
+    id, a local file or folder, or None: the task's Hub copy). A file that is one split ("all") can serve only
+    when it is not the scored file (`fewshot_exemplars` refuses exemplars that are scored questions). Prints
+    which split and rows, as metrics.json records them. `load_options` go to `load_examples`."""
+    from medtune.data import load_examples
+    from medtune.tasks import get_task
+
+    wanted = get_task(task_name or "medmcqa").fewshot_split  # a plain --data file is read as MedMCQA
+    pool, report = load_examples(source, task=task_name, split=wanted, limit=k, **load_options)
+    exemplars = fewshot_exemplars(pool, k, scored)
+    split = report.split or wanted
+    print(f"few-shot: the first {k} rows of split {split!r} of {report.source} "
+          f"({', '.join(e.id for e in exemplars)}), before every question")
+    return exemplars, split
+
+
+def task_of(layout: str | None, examples: list[MCQExample]) -> str | None:
+    """The benchmark a loaded data set is, from the reader that read it (`LoadReport.layout`), so the harness
+    format uses that benchmark's text: MMLU's names its subject, which must be one (the harness scores each
+    subject as its own task). None for a layout that is no benchmark (--columns)."""
+    if layout in ("medmcqa", "pubmedqa"):
+        return layout
+    if layout == "medqa":
+        return "medqa" if any(len(e.options) == 5 for e in examples) else "medqa_4options"
+    if layout != "mmlu":
+        return None
+    subjects = sorted({e.subject for e in examples})
+    if len(subjects) != 1:
+        raise ValueError(f"the MMLU rows hold {len(subjects)} subjects ({', '.join(map(str, subjects[:4]))}); the "
+                         "harness prompt names one: give one subject's file, or use --suite medical")
+    return f"mmlu_{subjects[0]}"
 
 
 def parse_strict_answer(text: str, n_options: int) -> int | None:

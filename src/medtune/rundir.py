@@ -7,6 +7,7 @@
       manifest.json       versions, device, dtype, data hashes and counts, base model id/revision/fingerprint
       metrics.jsonl       one line per logged training step or dev evaluation
       report.json         data reports (rows skipped by reason), final training and evaluation figures
+      training_fingerprint.json  hashes of the rows trained on (keys, questions, 13-grams): eval warns on overlap
       checkpoints/step-N/ resumable state (adapter, optimizer, RNG), newest kept
 """
 
@@ -32,6 +33,7 @@ class RunDir:
     manifest = property(lambda self: self.root / "manifest.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     report = property(lambda self: self.root / "report.json")
+    fingerprint = property(lambda self: self.root / "training_fingerprint.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
 
     def is_run(self) -> bool:
@@ -59,7 +61,7 @@ class RunDir:
         for path in (self.adapter, self.checkpoints):
             if path.exists():
                 shutil.rmtree(path)
-        for path in (self.config, self.prompt, self.manifest, self.metrics, self.report):
+        for path in (self.config, self.prompt, self.manifest, self.metrics, self.report, self.fingerprint):
             path.unlink(missing_ok=True)
 
 

@@ -35,7 +35,7 @@ TASKS: dict[str, Task] = {
     for task in (
         Task("medmcqa", "medmcqa", "openlifescienceai/medmcqa", None, "validation", "train", 4),
         Task("medqa_4options", "medqa", "GBaker/MedQA-USMLE-4-options-hf", None, "test", "train", 4),
-        Task("medqa", "medqa", None, None, "test", "train", 5)  # the 5-option release: local files only,
+        Task("medqa", "medqa", None, None, "test", "train", 5),  # the 5-option release: local files only
         Task("pubmedqa", "pubmedqa", "bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", "test", "train", 3),
         *(Task(f"mmlu_{subject}", "mmlu", "cais/mmlu", subject, "test", "dev", 4, subject)
           for subject in MMLU_MEDICAL),

@@ -7,7 +7,7 @@ evaluation reads there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +31,7 @@ class PromptError(ValueError):
 class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE over the prompt; the first supervised label is the answer letter
+    context_cut: int = 0  # tokens cut from the end of the example's context so that prompt + target fit
 
 
 def encode_prompt(tokenizer, template: PromptTemplate, example: MCQExample) -> list[int]:
@@ -75,7 +76,9 @@ def encode_example(
 ) -> Encoded:
     """input_ids = prompt + target + EOS; labels = IGNORE over the prompt.
 
-    A target longer than the room left is cut at its end (the explanation's tail), never at the letter.
+    When prompt + target exceed `max_len` and the example has a context (PubMedQA's abstract), the context
+    gives way first (`fit_context`), so the answer and its explanation are kept whole. Only then is a target
+    longer than the room left cut at its end (the explanation's tail), never at the letter.
     """
     prompt_ids = encode_prompt(tokenizer, template, example)
     target_ids = tokenizer.encode(template.target(example), add_special_tokens=False)
@@ -84,6 +87,9 @@ def encode_example(
     if target_ids[0] != letter_ids[example.answer]:
         raise PromptError(f"example {example.id!r}: the target does not start with the answer letter token",
                           "letter_token")
+    cut = 0
+    if example.context and len(prompt_ids) + len(target_ids) > max_len:
+        prompt_ids, cut = fit_context(tokenizer, template, example, max_len - len(target_ids))
     room = max_len - len(prompt_ids)
     if room < 2:  # the letter and at least one more token (")")
         raise PromptError(
@@ -91,7 +97,28 @@ def encode_example(
             "too_long",
         )
     target_ids = target_ids[:room]
-    return Encoded(prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids)
+    return Encoded(prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids, cut)
+
+
+def fit_context(tokenizer, template: PromptTemplate, example: MCQExample, budget: int) -> tuple[list[int], int]:
+    """The prompt ids of `example` with its context cut from the end until the prompt is at most `budget`
+    tokens (or the context is gone), and how many context tokens were cut.
+
+    Tokens rather than whole passages: a passage of an abstract runs to a hundred tokens or more, so dropping
+    whole ones would throw away far more than the overflow. From the end, as tokenizers truncate by default:
+    what remains is the abstract's opening, read in order. The tail it loses may hold results, so the run
+    counts the rows cut (report.json) and a larger max_seq_len is the remedy. The context is re-tokenized
+    inside the prompt after each cut, because tokens can merge across the cut; each pass cuts at least one
+    more token, so the loop ends.
+    """
+    context_ids = tokenizer.encode(example.context, add_special_tokens=False)
+    keep, prompt_ids = len(context_ids), encode_prompt(tokenizer, template, example)
+    while len(prompt_ids) > budget and keep > 0:
+        keep = max(0, keep - (len(prompt_ids) - budget))
+        # a cut inside a multi-byte character decodes to U+FFFD: drop it rather than train on it
+        shorter = tokenizer.decode(context_ids[:keep]).rstrip("\ufffd").rstrip()
+        prompt_ids = encode_prompt(tokenizer, template, replace(example, context=shorter or None))
+    return prompt_ids, len(context_ids) - keep
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

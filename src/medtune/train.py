@@ -32,8 +32,9 @@ from medtune.checkpoints import (
     set_adapter_state,
     snapshot,
 )
-from medtune.config import TrainConfig
-from medtune.data import LETTERS, MCQExample, load_examples, split_dev
+from medtune.config import TrainConfig, parse_source
+from medtune.data import LETTERS, MCQExample, split_dev
+from medtune.data.overlap import training_fingerprint
 from medtune.device import (
     Choice,
     HardwareError,
@@ -46,6 +47,16 @@ from medtune.device import (
     select_quantization,
 )
 from medtune.evaluate import choice_logprobs, model_device, predicted_options
+from medtune.mixture import (
+    TrainingRows,
+    check_against_eval,
+    combined_report,
+    epoch_order,
+    load_sources,
+    manifest_data,
+    mixture_weights,
+    source_summaries,
+)
 from medtune.modeling import add_lora, count_parameters, load_base, model_config
 from medtune.parallel import (
     average_gradients,
@@ -87,6 +98,8 @@ class _Data:
     dev: list[MCQExample]
     encoded: list[Encoded]
     reports: dict
+    rows: TrainingRows  # the examples behind `encoded`, with their sources
+    weights: tuple[float, ...] | None  # a weighted mixture's; None: every row once per epoch
 
 
 def seed_everything(seed: int, device: str) -> None:
@@ -104,11 +117,16 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def step_batch(step: int, n: int, global_batch: int, seed: int) -> list[int]:
-    """Row indices of optimizer step `step`: epoch-wise seeded permutations, so any step can be recomputed."""
+def step_batch(step: int, n: int, global_batch: int, seed: int, source_of: list[int] | None = None,
+               weights: tuple[float, ...] | None = None) -> list[int]:
+    """Row indices of optimizer step `step`: epoch-wise seeded permutations, so any step can be recomputed.
+    With `weights` (a weighted mixture; `source_of` gives each row's source) an epoch is n rows drawn by weight."""
     per_epoch = math.ceil(n / global_batch)
     epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    if weights:
+        order = epoch_order(epoch, source_of, weights, seed)
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return order[offset * global_batch : (offset + 1) * global_batch]
 
 
@@ -126,42 +144,48 @@ def _prepare_output(run: RunDir, config: TrainConfig) -> None:
 
 
 def _load_data(config: TrainConfig, tokenizer, template, world: int, log) -> _Data:
-    train, train_report = load_examples(config.data, split=config.train_split, answer_base=config.answer_base,
-                                        skip_invalid=config.skip_invalid, limit=config.limit)
-    log(f"training data: {config.data}: {train_report.rows_loaded} rows ({train_report.answer_base_reason})"
-        + (f"; skipped {train_report.skipped}" if train_report.skipped else ""))
-    reports = {"train": train_report.to_dict()}
-    held_out: set[str] = set()
-    if config.eval_data:
-        evaluation, eval_report = load_examples(config.eval_data, split=config.eval_split,
-                                                answer_base=config.answer_base, skip_invalid=config.skip_invalid,
-                                                limit=config.eval_limit)
-        reports["eval"] = eval_report.to_dict()
-        held_out = {example.key() for example in evaluation}
-        overlap = sum(example.key() in held_out for example in train)
-        reports["train_eval_overlap"] = overlap
-        if overlap:
-            log(f"warning: {overlap} training rows also appear in the evaluation data")
-    train, dev = split_dev(train, config.dev_size, config.seed, exclude=held_out)
-    letter_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=train[0])
-    encoded = []
-    for example in train:
-        try:
-            encoded.append(encode_example(tokenizer, template, example, letter_ids, config.max_seq_len))
-        except PromptError as error:
-            if not config.skip_invalid:
-                raise
-            skipped = reports["train"]["skipped"]
-            skipped[error.reason] = skipped.get(error.reason, 0) + 1
+    rows, sources = load_sources(config, log)
+    rows, reports, held_out = check_against_eval(config, rows, log)
+    train_rows, dev = split_dev(rows.examples, config.dev_size, config.seed, exclude=held_out)
+    rows = rows.keep(train_rows)
+    encoded, rows = _encode(rows, sources, tokenizer, template, config)
+    cut = [item.context_cut for item in encoded]
     step_rows = config.batch_size * config.grad_accum * world
     if len(encoded) < step_rows:
         raise ValueError(f"only {len(encoded)} rows are left to train on ({len(dev)} held for dev), fewer than one "
                          f"optimizer step takes (batch_size {config.batch_size} x grad_accum {config.grad_accum} x "
                          f"{world} process{'es' if world > 1 else ''} = {step_rows}): use more rows, or lower "
                          "batch_size, grad_accum or dev_size")
-    log(f"{len(encoded)} rows train, {len(dev)} are held out as the dev slice (dev_size {config.dev_size})")
-    reports.update(train_rows=len(encoded), dev_rows=len(dev), dev_ids=[e.id for e in dev])
-    return _Data(dev, encoded, reports)
+    log(f"{len(encoded)} rows train, {len(dev)} are held out as the dev slice (dev_size {config.dev_size})"
+        + _context_note(cut, config.max_seq_len))
+    weights = mixture_weights(config)
+    reports = {"train": combined_report(sources)} | reports | {
+        "sources": source_summaries(sources, rows, weights), "train_rows": len(encoded), "dev_rows": len(dev),
+        "dev_ids": [e.id for e in dev], "context_truncated": {"rows": sum(map(bool, cut)), "tokens": sum(cut)}}
+    return _Data(dev, encoded, reports, rows, weights)
+
+
+def _encode(rows: TrainingRows, sources: list[dict], tokenizer, template, config: TrainConfig):
+    """Token ids of every row, and the rows that encoded; with skip_invalid a row that cannot be encoded is
+    counted by reason in its source's report."""
+    letter_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=rows.examples[0])
+    encoded, kept = [], []
+    for example, source in zip(rows.examples, rows.source_of):
+        try:
+            encoded.append(encode_example(tokenizer, template, example, letter_ids, config.max_seq_len))
+            kept.append(example)
+        except PromptError as error:
+            if not config.skip_invalid:
+                raise
+            skipped = sources[source]["skipped"]
+            skipped[error.reason] = skipped.get(error.reason, 0) + 1
+    return encoded, rows.keep(kept)
+
+
+def _context_note(cut: list[int], max_seq_len: int) -> str:
+    rows = sum(map(bool, cut))
+    return (f"; {rows} rows had their context cut to fit max_seq_len {max_seq_len} ({sum(cut)} tokens)"
+            if rows else "")
 
 
 def _dev_accuracy(model, tokenizer, template, dev: list[MCQExample]) -> float | None:
@@ -278,7 +302,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and main))
     model.train()
     while step < total_steps:
-        rows = step_batch(step, len(data.encoded), global_batch, config.seed)
+        rows = step_batch(step, len(data.encoded), global_batch, config.seed, data.rows.source_of, data.weights)
         micro = micro_batches(rows, rank, world, config.batch_size, lengths)
         # Normalize by the supervised tokens of the whole global batch, so the gradient does not depend on
         # how rows fall into micro-batches or processes (DDP averages over processes, hence * world).
@@ -386,12 +410,12 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         "processes": world, "fsdp": fsdp,
         "base_model": info.to_dict(),
         "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
-        "data": {name: _data_summary(report) for name, report in data.reports.items() if isinstance(report, dict)}
-        | {"train_rows": data.reports["train_rows"], "dev_rows": data.reports["dev_rows"]},
+        "data": manifest_data(data.reports),
         "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
         "training": finished,
     }
     write_json(run.manifest, manifest)
+    write_json(run.fingerprint, training_fingerprint(data.rows.examples))  # what `medtune eval` checks against
     write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
     log(_summary(run, config, data, record, best, finished))
     return run
@@ -442,12 +466,6 @@ def _choose_quantization(config: TrainConfig, device: str, dtype: str, attention
     return select_quantization("auto", device, plan.fits)
 
 
-def _data_summary(report: dict) -> dict:
-    """What the manifest keeps of a data report: where it came from, its hash and its counts."""
-    keys = ("source", "sha256", "revision", "fingerprint", "rows_read", "rows_loaded", "skipped", "answer_base")
-    return {key: report[key] for key in keys if key in report}
-
-
 def _track_best(best: dict, accuracy: float | None, step: int) -> bool:
     """Update the best dev accuracy; True when `accuracy` is a new best."""
     if accuracy is None:
@@ -469,6 +487,14 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     path.write_text("".join(line for line in lines if json.loads(line)["step"] <= after_step), encoding="utf-8")
 
 
+def _eval_flags(config: TrainConfig) -> str:
+    """`medtune eval`'s flags for the run's eval_data, read as training read it (mixture.check_against_eval)."""
+    entry = parse_source(config.eval_data)
+    hub_split = not (Path(entry.source).exists() or entry.task)
+    return (f"--data {entry.source}" + (f" --task {entry.task}" if entry.task else "")
+            + (f" --split {config.eval_split}" if hub_split else ""))
+
+
 def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: dict, finished: dict) -> str:
     """What a person needs when training ends: what was trained, how it went, where it is, what to run next."""
     dev = data.dev
@@ -477,8 +503,7 @@ def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: 
     dev_line = (f"dev accuracy {accuracy:.3f} on {len(dev)} questions (always the commonest letter: "
                 f"{majority / len(dev):.3f})" if accuracy is not None and dev else "no dev slice evaluated")
     loss = f"{record['loss']:.4f}" if "loss" in record else "n/a"
-    evaluate = f"--data {config.eval_data}" + (f" --split {config.eval_split}" if not Path(config.eval_data).exists()
-                                               else "") if config.eval_data else "--data EVAL_DATA"
+    evaluate = _eval_flags(config) if config.eval_data else "--data EVAL_DATA"
     lines = [
         f"finished: {data.reports['train_rows']} rows trained, {len(dev)} held for dev; {finished['steps']} of "
         f"{finished['planned_steps']} steps in {finished['seconds']:.1f} s ({finished['tokens_per_second']:,.0f} "

@@ -1,0 +1,1 @@
+"""Evaluation beyond accuracy: comparisons (and, as they move here, scoring, metrics and the suite)."""
