@@ -73,7 +73,9 @@ def test_eval_writes_metrics_and_predictions(trained, tmp_path):
     assert set(metrics["baselines"]) >= {"random", "majority"} and "confusion" in metrics
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in lines] == [f"q{100 + i}" for i in range(8)]
-    assert all(set(p) == {"id", "gold", "pred", "probs"} and p["pred"] in {"A", "B", "C", "D"} for p in lines)
+    assert all(set(p) == {"id", "gold", "pred", "probs", "subject"} and p["pred"] in {"A", "B", "C", "D"}
+               for p in lines)
+    assert {p["subject"] for p in lines} == {"Anatomy"}  # the rows' subject_name
 
 
 def test_eval_generative_writes_generations_and_one_metrics_file_with_everything(trained, tmp_path):

@@ -245,7 +245,8 @@ def evaluate(
     predicted = predicted_options(logprobs, examples)
     predictions = [
         {"id": e.id, "gold": LETTERS[e.answer], "pred": LETTERS[p] if p is not None else None,
-         "probs": {letter: round(math.exp(logprobs[i, j].item()), 6) for j, letter in enumerate(e.letters)}}
+         "probs": {letter: round(math.exp(logprobs[i, j].item()), 6) for j, letter in enumerate(e.letters)},
+         "subject": e.subject}  # null where the data has none; `medtune compare` compares per subject with it
         for i, (e, p) in enumerate(zip(examples, predicted))
     ]
     metrics = summarize(examples, predicted, none_label="tie")
