@@ -253,3 +253,24 @@ def test_eval_num_fewshot_from_the_scored_file_is_refused(tiny_qwen3, tmp_path, 
     assert main(["eval", "--model", str(tiny_qwen3), "--data", str(data), "--num-fewshot", "1",
                  "--output", str(tmp_path / "out")]) == 2
     assert "are also scored questions" in capsys.readouterr().err
+
+
+def _rows(golds: str) -> list[MCQExample]:
+    return [MCQExample(f"q{i}", f"Question {i}?", ("a", "b", "c", "d"), "ABCD".index(g)) for i, g in enumerate(golds)]
+
+
+def test_a_model_collapsed_onto_one_letter_is_warned_about_in_words():
+    examples = _rows("AAAAAABBBB")
+    metrics = summarize(examples, [0] * 10)
+    assert metrics["predicted_distribution"] == {"A": 10} and metrics["gold_distribution"] == {"A": 6, "B": 4}
+    collapse, baseline = metrics["warnings"]
+    assert collapse.startswith("the model answered 'A' for 10 of 10 questions (100.0%, more than 80%)")
+    assert "is not above the always-A baseline 0.600 beyond its interval" in baseline
+
+
+def test_no_warning_for_a_model_clearly_above_the_baseline_and_eight_in_ten_is_not_a_collapse():
+    examples = _rows("ABCD" * 25)
+    assert summarize(examples, [e.answer for e in examples])["warnings"] == []
+    examples = _rows("A" * 8 + "BC")
+    metrics = summarize(examples, [0] * 8 + [1, 2])  # A for 8 of 10: exactly 80%, not more
+    assert not any("collapsed" in w for w in metrics["warnings"])

@@ -208,6 +208,7 @@ def summarize(examples: list[MCQExample], predicted: list[int | None], none_labe
     majority_letter, majority_count = letter_counts.most_common(1)[0] if n else ("A", 0)
     confusion: dict = {letter: {} for letter in sorted(letter_counts)}
     per_subject: dict = defaultdict(lambda: [0, 0])
+    predicted_counts = Counter(LETTERS[p] if p is not None else none_label for p in predicted)
     for example, p in zip(examples, predicted):
         row = confusion[LETTERS[example.answer]]
         key = LETTERS[p] if p is not None else none_label
@@ -226,9 +227,33 @@ def summarize(examples: list[MCQExample], predicted: list[int | None], none_labe
             "majority_letter": majority_letter,
         },
         "gold_distribution": dict(sorted(letter_counts.items())),
+        "predicted_distribution": dict(sorted(predicted_counts.items())),
         "per_subject": {s: {"n": t, "accuracy": c / t} for s, (c, t) in sorted(per_subject.items())},
         "confusion": confusion,
+        "warnings": _warnings(n, correct, predicted_counts, majority_letter, majority_count),
     }
+
+
+COLLAPSE_SHARE = 0.8  # one letter answering more than this share of the questions is called a collapse
+
+
+def _warnings(n: int, correct: int, predicted_counts: Counter, majority_letter: str, majority_count: int) -> list:
+    """Sentences for results that look better than they are: a model collapsed onto one letter, and an accuracy
+    not above the always-the-commonest-letter baseline beyond its 95% interval."""
+    if not n:
+        return []
+    warnings = []
+    letter, count = predicted_counts.most_common(1)[0]
+    if count / n > COLLAPSE_SHARE:
+        warnings.append(f"the model answered {letter!r} for {count} of {n} questions ({count / n:.1%}, more than "
+                        f"{COLLAPSE_SHARE:.0%}): it has collapsed onto one answer, and its accuracy mostly reflects "
+                        f"how often {letter!r} is right")
+    low, high = wilson_interval(correct, n)
+    if low <= majority_count / n:
+        warnings.append(f"accuracy {correct / n:.3f} (95% CI {low:.3f}-{high:.3f}) is not above the always-"
+                        f"{majority_letter} baseline {majority_count / n:.3f} beyond its interval: no evidence the "
+                        "model does better than always giving the commonest answer")
+    return warnings
 
 
 def evaluate(
@@ -320,6 +345,10 @@ def task_of(layout: str | None, examples: list[MCQExample]) -> str | None:
     return f"mmlu_{subjects[0]}"
 
 
+def _distribution(counts: dict) -> str:
+    return ", ".join(f"{letter} {count}" for letter, count in counts.items())
+
+
 def parse_strict_answer(text: str, n_options: int) -> int | None:
     """The option index from text that starts with 'Answer: X'; None for anything else."""
     match = STRICT_ANSWER.match(text)
@@ -388,6 +417,10 @@ def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_si
           f"baselines: random {baselines['random']:.3f}, always-{baselines['majority_letter']} "
           f"{baselines['majority']:.3f}; {model['dtype']} on {model['device']} ({model.get('dtype_reason', '')}); "
           f"{metrics['questions_per_second']} questions/s -> {output}")
+    print(f"answers given: {_distribution(metrics['predicted_distribution'])}; gold: "
+          f"{_distribution(metrics['gold_distribution'])}")
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}")
     if data is not None:
         metrics["data"] = data
     if generative_tokens:
