@@ -75,3 +75,20 @@ def read_temperature(run_dir: str | Path) -> dict | None:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"{path}: field 'temperature' is {temperature}; it must be a positive number")
     return record
+
+
+def write_calibration(run_dir: str | Path, logprobs: torch.Tensor, answers: list[int], *, source: str,
+                      sha256: str | None, ids: list[str], fitted_on: str) -> dict:
+    """Fit T on `logprobs` [n, 5] against the gold `answers` and write RUN_DIR/calibration.json; returns it.
+
+    `source`, `sha256` and `ids` say which questions T was fitted on, so nobody reports on them later;
+    `fitted_on` is "calibration slice" (training) or "medtune calibrate"."""
+    from medtune.rundir import write_json
+
+    temperature = fit_temperature(logprobs, answers)
+    record = {"temperature": temperature, "n": len(answers), "nll_before": nll(logprobs, answers),
+              "nll_after": nll(logprobs, answers, temperature),
+              "data": {"source": source, "sha256": sha256, "ids": list(ids)}, "fitted_on": fitted_on,
+              "method": "temperature scaling, NLL minimised (golden-section search on 1/T)"}
+    write_json(Path(run_dir) / CALIBRATION_FILE, record)
+    return record
