@@ -181,25 +181,6 @@ def test_inference_dtype_rule_is_fp32_on_the_cpu():
     assert _inference_dtype("bf16", "cpu") == ("bf16", "asked for")
 
 
-def test_quickstart_evaluates_with_the_same_dtype_rule_as_eval(monkeypatch, tmp_path):
-    import medtune.quickstart as quickstart
-
-    asked = []
-
-    class Stop(Exception):
-        pass
-
-    def from_model(model, device, dtype, *rest, **options):
-        asked.append(dtype)
-        raise Stop
-
-    monkeypatch.setattr(quickstart.Answerer, "from_model", from_model)
-    monkeypatch.setattr(quickstart, "hub_reachable", lambda: False)
-    with pytest.raises(Stop):
-        quickstart.quickstart(tmp_path)
-    assert asked == ["auto"]
-
-
 def test_prompt_format_auto_with_a_run_uses_the_runs_prompt(tiny_run, questions, tmp_path):
     assert main(["eval", str(tiny_run), "--data", str(questions), "--output", str(tmp_path / "out"),
                  "--prompt-format", "auto"]) == 0

@@ -66,6 +66,7 @@ BAD_VALUES = [  # (field, a value that cannot work, what the message must say)
     ("limit", 0, "limit=0 .*an integer >= 1 or null"),
     ("eval_limit", 0, "eval_limit=0 .*an integer >= 1 or null"),
     ("dev_size", -1, "dev_size=-1 .*an integer >= 0"),
+    ("calibration_size", -1, "calibration_size=-1 .*an integer >= 0"),
     ("prompt_format", "fancy", "prompt_format='fancy' .*one of auto, chat, plain, harness"),
     ("max_seq_len", 0, "max_seq_len=0 .*an integer >= 1"),
     ("epochs", 0.0, "epochs=0.0 .*a number > 0"),
@@ -99,6 +100,7 @@ BAD_VALUES = [  # (field, a value that cannot work, what the message must say)
     ("resume", None, "resume=None .*true or false"),
     ("overwrite", 0, "overwrite=0 .*true or false"),
     ("exclude_overlap", "yes", "exclude_overlap='yes' .*true or false"),
+    ("compare_base", "no", "compare_base='no' .*true or false"),
 ]
 
 

@@ -133,7 +133,8 @@ def test_answer_equals_answerer_score_exactly(client, answerer):
     assert body["probs"] == probs  # exact: one question is scored alone, as Answerer.score scored it
     assert body["answer"] == max(probs, key=probs.get)
     assert body["explanation"] is None
-    assert set(body) == {"answer", "probs", "explanation", "model"}
+    assert set(body) == {"answer", "probs", "explanation", "confidence", "abstain", "abstain_below",
+                         "explanation_consistent", "calibrated", "model"}
 
 
 def test_explanation_is_the_answerers(client, answerer):

@@ -1,6 +1,7 @@
 """End to end in a real browser: headless Chromium (Debian's `chromium` package, driven by Playwright) uses the
 page served by a real `medtune serve` process on loopback. Saves tests/artifacts/serve-page.png."""
 
+import json
 import os
 import socket
 import subprocess
@@ -134,3 +135,49 @@ def test_bad_input_shows_the_servers_message(page):
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])")
     assert "contains the same option twice" in page.text_content("#error")
+
+
+def test_page_says_plainly_when_the_model_abstains(page, run_dir):
+    expected = Answerer.from_run(run_dir, device="cpu", dtype="fp32").answer(*FIRST_EXAMPLE, explain=False)
+    assert expected.confidence < 0.99, "the tiny model is 99% sure: pick another question"
+    page.click("[data-example='0']")
+    page.uncheck("#explain")
+    page.fill("#abstain-below", "0.99")
+    page.click("#submit")
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
+    confidence = f"{100 * expected.confidence:.1f}%"
+    assert page.text_content("#confidence") == f"Confidence: {confidence} (not calibrated)"
+    assert page.is_visible("#abstain")
+    assert page.text_content("#abstain") == (f"The model abstains: its confidence {confidence} is below the "
+                                             "threshold 99.0%. Its best guess is shown below; do not rely on it.")
+    assert page.text_content("#answer-letter") == expected.answer  # the best guess is still shown
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "serve-page-abstain.png", full_page=True)
+
+    page.fill("#abstain-below", "0")  # 0 never abstains
+    page.click("#submit")
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
+    page.wait_for_function("!document.querySelector('#submit').disabled")
+    assert not page.is_visible("#abstain") and page.text_content("#confidence").startswith("Confidence: ")
+
+
+def test_page_shows_a_note_when_the_explanation_contradicts_the_answer(page):
+    """The server's stream is replaced by one whose explanation names another letter (the tiny model's random
+    text seldom does): the page keeps the scored letter and says the explanation contradicts it."""
+    events = [("answer", {"answer": "A", "probs": {"A": 0.7, "B": 0.3}, "confidence": 0.7, "abstain": False,
+                          "abstain_below": None, "calibrated": True, "model": {"base_model": "tiny"}}),
+              ("token", {"text": "The answer is B."}),
+              ("done", {"explanation": "The answer is B.", "explanation_consistent": False})]
+    body = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+    page.route("**/v1/answer/stream", lambda route: route.fulfill(status=200, body=body,
+                                                                   content_type="text/event-stream"))
+    page.fill("#question", "Which is right?")
+    for i, text in enumerate(["yes", "no"]):
+        page.locator("#options input").nth(i).fill(text)
+    page.click("#submit")
+    page.wait_for_selector("#result[data-state='done']")
+    assert page.text_content("#answer-letter") == "A" and page.text_content("#explanation") == "The answer is B."
+    assert page.is_visible("#inconsistent")
+    assert "states a different answer than the scored one. The model's answer is A" in \
+        page.text_content("#inconsistent")
+    assert page.text_content("#confidence") == "Confidence: 70.0% (calibrated)" and not page.is_visible("#abstain")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from medtune import __version__
-from medtune.answer import add_model_arguments, answerer_from_args
+from medtune.answer import add_model_arguments, answerer_from_args, check_threshold
 from medtune.rundir import RunDir
 from medtune.tasks import SUITES
 
@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "prefixed by the task whose reader reads it (pubmedqa=ori_pqal.json); give it several "
                             "times to train on a mixture (weights: a data list in the --config YAML)")
     train.add_argument("--eval-data", metavar="[TASK=]SOURCE",
-                       help="held-out data: rows found here are kept out of the dev slice, and the training rows' "
-                            "overlap with it is recorded in the manifest")
+                       help="held-out data: rows found here are kept out of the dev and calibration slices, the "
+                            "training rows' overlap with it is recorded in the manifest, and after training the base "
+                            "model and the tuned run are scored on it and compared, paired (RUN/eval/base, "
+                            "RUN/eval/tuned, RUN/eval/comparison.json)")
+    train.add_argument("--no-compare", action="store_true",
+                       help="with --eval-data: skip the base-vs-tuned evaluation after training (compare_base=false)")
     train.add_argument("--columns", metavar="KEY=COLUMN,...",
                        help="your own question bank's column names for the one --data file (see README, Data); "
                             "in a mixture, give each source its columns in the YAML data list")
@@ -108,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fewshot-data", metavar="SOURCE",
                           help="with --num-fewshot: read the exemplars from this file, folder or Hub id instead of "
                                "--data's few-shot split")
+    evaluate.add_argument("--permutations", choices=["none", "cyclic"], default="none",
+                          help="cyclic: also score every question under each cyclic shift of its options and report "
+                               "option-order robustness (accuracy per shift, consistency, letter prior, "
+                               "permutation-averaged accuracy) in metrics.json and permutations.jsonl. Costs k forward "
+                               "passes per question on top of the plain scoring (k = its number of options; k times "
+                               "more where options are scored as several tokens). Default none")
 
     ask = commands.add_parser("ask", help="answer one question with probabilities and an explanation", epilog=EPILOG)
     add_model_arguments(ask)
@@ -116,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-explain", action="store_true", help="skip generating the explanation")
     ask.add_argument("--max-new-tokens", type=int, default=160, help="explanation length limit (tokens)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--abstain-below", type=float, metavar="P",
+                     help="say the model abstains when its top option's probability is below P (0 to 1); the "
+                          "letter and probabilities are still printed (default: only a tie abstains)")
 
     plan = commands.add_parser("plan", help="estimate peak training memory and the settings that fit", epilog=EPILOG,
                                description="Estimate peak training memory (weights, adapters, gradients, optimizer "
@@ -141,21 +154,57 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("eval_b", metavar="EVAL_B", help="the second (e.g. the tuned run's); differences are B - A")
     compare.add_argument("--json", action="store_true", help="print the whole comparison as one JSON object")
 
+    calibrate = commands.add_parser(
+        "calibrate", help="fit the run's temperature (calibrated probabilities) on held-out questions",
+        epilog=EPILOG,
+        description="Fit one temperature T that minimises the negative log-likelihood of the gold options "
+                    "(temperature scaling, Guo et al. 2017) on labelled questions that are never reported, and "
+                    "write RUN_DIR/calibration.json; eval, ask, the Python API and serve then report calibrated "
+                    "probabilities (the chosen answer never changes). Data that overlaps the run's --eval-data or "
+                    "its eval/ predictions is refused.")
+    calibrate.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    calibrate.add_argument("--data", required=True, metavar="SRC",
+                           help="labelled calibration questions: Hub dataset id or local file, not the eval data")
+    calibrate.add_argument("--task", help="the benchmark --data belongs to (picks the reader and default split)")
+    calibrate.add_argument("--split", help="split to read (default as for 'medtune eval')")
+    calibrate.add_argument("--limit", type=int, help="the first N valid questions")
+    calibrate.add_argument("--columns", metavar="KEY=COLUMN,...", help="your own file's column names (see README)")
+    calibrate.add_argument("--skip-invalid", action="store_true", help="skip invalid rows instead of stopping")
+    calibrate.add_argument("--answer-base", type=int, choices=[0, 1], help="see 'medtune train --help'")
+    calibrate.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default 16)")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing calibration.json")
+    calibrate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    calibrate.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto, as eval)")
+
     serve = commands.add_parser("serve", help="answer over HTTP: a REST API and a web page", epilog=EPILOG)
     from medtune.serve import add_arguments as add_serve_arguments
 
     add_serve_arguments(serve)
 
-    quick = commands.add_parser("quickstart", help="the CPU demo: evaluate, fine-tune, evaluate, answer", epilog=EPILOG,
-                                description="Fine-tune SmolLM2-135M-Instruct on CPU, evaluating before and after on "
-                                            "held-out questions, then answer a sample question.")
+    quick = commands.add_parser("quickstart", help="the CPU demo: fine-tune, compare with the base, report",
+                                epilog=EPILOG,
+                                description="Fine-tune SmolLM2-135M-Instruct on CPU (a few steps), score the base "
+                                            "and the tuned model on the same held-out questions (the shipped "
+                                            "MedMCQA slice's 322 when the Hub is unreachable), and print the paired "
+                                            "comparison's verdict, the calibration before/after and the report's "
+                                            "path.")
     quick.add_argument("--output", default="runs/quickstart", help="where the run and its report go")
-    quick.add_argument("--data", help="local MedMCQA training file (default: Hub MedMCQA, else the demo set)")
+    quick.add_argument("--data", help="local MedMCQA training file (default: Hub MedMCQA, else the shipped slice)")
     quick.add_argument("--eval-data", help="local held-out file (with --data)")
-    quick.add_argument("--limit", type=int, default=None, help="training rows (default: all of the demo set, "
-                                                                "or 400 with Hub/--data)")
-    quick.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 200)")
-    quick.add_argument("--epochs", type=float, default=None, help="passes over the training rows")
+    quick.add_argument("--limit", type=int, default=None, help="training rows read (default: all of the shipped "
+                                                                "slice, or 400 with Hub/--data)")
+    quick.add_argument("--eval-limit", type=int, default=None,
+                       help="held-out questions (default: all 322 of the shipped slice, or 400 with Hub/--data)")
+    quick.add_argument("--epochs", type=float, default=None,
+                       help="passes over the training rows (default: 4 optimizer steps of 8 rows)")
+
+    report = commands.add_parser(
+        "report", help="runs, evaluations, suites and comparisons as one HTML page", epilog=EPILOG,
+        description="Write one self-contained HTML report (figures inline, no network request) of run folders, "
+                    "`medtune eval` folders, suite folders and `medtune compare --json` files, with each figure "
+                    "also saved as a PNG beside it.")
+    report.add_argument("paths", nargs="+", metavar="PATH", help="a run, eval or suite folder, or a comparison JSON")
+    report.add_argument("--output", default="report.html", help="the HTML file to write (default: report.html)")
 
     data = commands.add_parser("data", help="inspect data sets: overlap between training and evaluation rows",
                                epilog=EPILOG)
@@ -171,7 +220,80 @@ def build_parser() -> argparse.ArgumentParser:
                          help="evaluation data (file, Hub id, TASK=PATH or mmlu=FOLDER); once per source")
     overlap.add_argument("--skip-invalid", action="store_true", help="skip invalid rows (counted per source)")
     overlap.add_argument("--json", action="store_true", help="print the whole report (every id) as one JSON object")
+    _add_publish_parsers(commands)
+    _add_export_parser(commands)
     return parser
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="the run for others: the adapter, a merged model or a GGUF file, verified", epilog=EPILOG,
+        description="Write a clean copy of the run's adapter (with the base's Hub id, the card, prompt.yaml and "
+                    "scoring.json), or with --merge the merged model (fp32 safe merge, cast to --dtype, sharded), "
+                    "or with --gguf also a GGUF file and an Ollama Modelfile. Each export is checked on a few "
+                    "questions against the run and the figures written to verification.json.")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    export.add_argument("--output", required=True, metavar="DIR", help="the folder to create (new or empty)")
+    export.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    export.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                        help="the merged weights' dtype (default auto: the base checkpoint's own)")
+    export.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    export.add_argument("--gguf", action="store_true",
+                        help="also convert the merged model to GGUF (llama.cpp, Ollama) and write a Modelfile; "
+                             "implies --merge; needs `pip install 'medtune[gguf]'`")
+    export.add_argument("--gguf-type", choices=["bf16", "f16", "f32", "q8_0"], default="bf16",
+                        help="GGUF weight type (default bf16); K-quants: llama.cpp's llama-quantize (README)")
+    export.add_argument("--base-model", metavar="HUB_ID",
+                        help="the base model's Hub id, when the run was trained from a local folder")
+    export.add_argument("--check-data", metavar="FILE",
+                        help="check questions (default: the first 8 of the shipped demo set)")
+
+
+def _add_publish_parsers(commands) -> None:
+    """`card`, `push` and `space` (medtune.publish): the run as others will see it."""
+    card = commands.add_parser("card", help="write the run's model card (README.md) for the Hub", epilog=EPILOG,
+                               description="Write README.md, a medical model card: Hub front matter with a "
+                                           "model-index of every evaluation, intended and out-of-scope use, data "
+                                           "with sha256 and license, hyperparameters, hardware, evaluation with "
+                                           "95%% CIs, baselines, the paired comparison and calibration, "
+                                           "limitations, and how to load it. Every figure is read from the run.")
+    push = commands.add_parser("push", help="upload the run (adapter, card, prompt, evaluation) to the Hub",
+                               epilog=EPILOG,
+                               description="Stage the files to publish (adapter with the base's Hub id, card, "
+                                           "prompt.yaml, manifest and config without local paths, calibration, "
+                                           "eval metrics; never checkpoints, logs or training data) and upload "
+                                           "them with huggingface_hub (token: HF_TOKEN or `hf auth login`).")
+    for parser in (card, push):
+        parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+        parser.add_argument("--eval", action="append", default=[], metavar="DIR",
+                            help="a `medtune eval` output folder to report; repeatable (default: the run's "
+                                 "eval/base and eval/tuned)")
+        parser.add_argument("--suite", metavar="DIR", help="a `medtune eval --suite` output folder to report")
+        parser.add_argument("--base-model", metavar="HUB_ID",
+                            help="the base model's Hub id, when the run was trained from a local folder")
+    card.add_argument("--output", metavar="DIR", help="folder for README.md (default: RUN_DIR)")
+    card.add_argument("--merged", action="store_true", help="the card of a merged export (library transformers)")
+    card.add_argument("--repo", metavar="OWNER/NAME", help="the repository the card is for (loading examples)")
+    push.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the Hub model repository (created "
+                                                                            "if missing)")
+    push.add_argument("--merged", metavar="EXPORT_DIR",
+                      help="upload the merged model of this `medtune export RUN_DIR --merge --output EXPORT_DIR` "
+                           "folder instead of the adapter (its card says library transformers)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", action="store_true", help="list every file with its size and show the card; "
+                                                             "upload nothing")
+    space = commands.add_parser("space", help="write a Docker Space folder that serves the run", epilog=EPILOG,
+                                description="Write a ready Hugging Face Docker Space: Dockerfile (CPU torch), "
+                                            "app.py (`medtune serve` on 0.0.0.0:7860), requirements.txt, the "
+                                            "medtune package, the clean run (or --model-repo), and a README "
+                                            "with the Space front matter and the MEDTUNE_API_KEY secret.")
+    space.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    space.add_argument("--output", required=True, metavar="DIR", help="the Space folder to create")
+    space.add_argument("--model-repo", metavar="OWNER/NAME",
+                       help="serve this pushed model repository (`medtune push`), downloaded at start-up, "
+                            "instead of copying the run into the folder")
+    space.add_argument("--base-model", metavar="HUB_ID",
+                       help="the base model's Hub id, when the run was trained from a local folder")
 
 
 def _run_train(args) -> int:
@@ -189,7 +311,7 @@ def _run_train(args) -> int:
                              "columns in the YAML data list")
         flags["data"] = [parse_source(args.data[0]).to_dict() | {"columns": args.columns}]
     flags.update(skip_invalid=args.skip_invalid or None, resume=args.resume or None,
-                 exclude_overlap=args.exclude_overlap,
+                 exclude_overlap=args.exclude_overlap, compare_base=False if args.no_compare else None,
                  overwrite=args.overwrite or None, trust_remote_code=args.trust_remote_code)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
@@ -235,7 +357,8 @@ def _run_eval(args) -> int:
     answerer.template = answerer.template.for_task(task).with_fewshot(*fewshot)
     _warn_if_trained_on(args.run_dir, examples)  # once the run has loaded: a broken run gets one error line
     evaluate_to_dir(answerer, examples, Path(args.output), args.batch_size, data=report.to_dict(),
-                    generative_tokens=args.max_new_tokens if args.generative else None, overwrite=args.overwrite)
+                    generative_tokens=args.max_new_tokens if args.generative else None, overwrite=args.overwrite,
+                    permutations=args.permutations)
     return 0
 
 
@@ -267,23 +390,32 @@ def _run_eval_suite(args) -> int:
                          "--num-fewshot takes each task's exemplars from its own source)")
     run_suite(lambda: answerer_from_args(args), args.suite, Path(args.output), args.source, args.limit_per_task,
               args.batch_size, args.overwrite, num_fewshot=args.num_fewshot, run_dir=args.run_dir,
-              skip_invalid=args.skip_invalid, answer_base=args.answer_base)
+              skip_invalid=args.skip_invalid, answer_base=args.answer_base, permutations=args.permutations)
     return 0
 
 
 def _run_ask(args) -> int:
+    check_threshold(args.abstain_below, "--abstain-below")  # before the model loads: a typo fails at once
     answerer = answerer_from_args(args)
     answer = answerer.answer(args.question, args.option, explain=not args.no_explain,
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens, abstain_below=args.abstain_below)
     model = answerer.description
     if args.json:
-        print(json.dumps({**answer.to_dict(), "model": model}, ensure_ascii=False))
+        print(json.dumps({**answer.to_dict(), "abstain_below": args.abstain_below, "model": model},
+                         ensure_ascii=False))
         return 0
     print(f"Answer: {answer.answer or 'none: the top options tie exactly'}")
+    print(f"Confidence: {answer.confidence:.1%} ({'calibrated' if answer.calibrated else 'not calibrated'})")
+    if answer.abstain and answer.answer is not None:
+        print(f"The model abstains: confidence {answer.confidence:.2f} is below {args.abstain_below:.2f} "
+              "(its best guess is shown; do not rely on it)")
     for letter, option in zip(answer.probs, args.option):
         print(f"  {letter}. {option:<50.50} {answer.probs[letter]:6.1%}")
     if answer.explanation is not None:
         print(f"Explanation: {answer.explanation}")
+    if answer.explanation_consistent is False:
+        print(f"Note: the explanation states a different answer; the model's answer is {answer.answer} "
+              "(the highest probability)")
     print(f"(scored in {model['dtype']} on {model['device']}: {model['dtype_reason']})")
     return 0
 
@@ -292,6 +424,22 @@ def _run_quickstart(args) -> int:
     from medtune.quickstart import quickstart
 
     quickstart(Path(args.output), args.data, args.eval_data, args.limit, args.eval_limit, args.epochs)
+    return 0
+
+
+def _run_report(args) -> int:
+    from medtune.report import write_report
+
+    print(f"report -> {write_report(args.paths, Path(args.output))}")
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from medtune.evaluation.calibration import calibrate_run
+
+    calibrate_run(args.run_dir, args.data, task=args.task, split=args.split, limit=args.limit, columns=args.columns,
+                  skip_invalid=args.skip_invalid, answer_base=args.answer_base, batch_size=args.batch_size,
+                  overwrite=args.overwrite, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -329,6 +477,42 @@ def _run_data(args) -> int:
     return 0
 
 
+def _run_card(args) -> int:
+    from medtune.publish.card import write_card
+
+    path = write_card(args.run_dir, args.output or args.run_dir, args.eval, args.suite, args.merged,
+                      base_model=args.base_model, repo_id=args.repo)
+    print(f"model card: {path}")
+    return 0
+
+
+def _run_push(args) -> int:
+    from medtune.publish.hub import push
+
+    push(args.run_dir, args.repo, merged=args.merged, private=args.private, dry_run=args.dry_run,
+         base_model=args.base_model, evals=args.eval, suite=args.suite)
+    return 0
+
+
+def _run_space(args) -> int:
+    from medtune.publish.space import write_space
+
+    folder = write_space(args.run_dir, args.output, args.model_repo, args.base_model,
+                         warn=lambda message: print(message, file=sys.stderr))
+    print(f"Space folder: {folder} (upload it to a Docker Space; set the secret MEDTUNE_API_KEY)")
+    return 0
+
+
+def _run_export(args) -> int:
+    from medtune.publish.export import export
+
+    report = export(args.run_dir, args.output, merge=args.merge, dtype=args.dtype,
+                    max_shard_size=args.max_shard_size, gguf=args.gguf, gguf_type=args.gguf_type,
+                    base_model=args.base_model, check_data=args.check_data)
+    print(f"Exported {report['kind']} to {args.output} (checks: {Path(args.output) / 'verification.json'})")
+    return 0
+
+
 def _fail(command: str, message: str) -> int:
     """Print the error as one line (a user error is a sentence, never a traceback) and return exit code 2."""
     print(f"medtune {command}: error: {' '.join(message.split())}", file=sys.stderr)
@@ -338,18 +522,21 @@ def _fail(command: str, message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _run_train, "eval": _run_eval, "ask": _run_ask, "plan": _run_plan, "doctor": _run_doctor,
-                "serve": _run_serve, "quickstart": _run_quickstart, "compare": _run_compare, "data": _run_data}
+                "serve": _run_serve, "quickstart": _run_quickstart, "compare": _run_compare, "data": _run_data,
+                "report": _run_report, "calibrate": _run_calibrate, "card": _run_card, "push": _run_push,
+                "space": _run_space, "export": _run_export}
     from safetensors import SafetensorError
     from yaml import YAMLError
 
     from medtune.data import DataError
     from medtune.device import HardwareError
     from medtune.modeling import ModelError
+    from medtune.publish.export import ExportError
     from medtune.tokenization import PromptError
 
     try:
         return handlers[args.command](args)
-    except (DataError, PromptError, ModelError, HardwareError, ValueError, OSError) as error:
+    except (DataError, PromptError, ModelError, HardwareError, ExportError, ValueError, OSError) as error:
         return _fail(args.command, str(error))
     except SafetensorError as error:  # last resort: a damaged file that no loader above put into words
         return _fail(args.command, f"a .safetensors file cannot be read ({error}): it is truncated or damaged; "

@@ -77,6 +77,9 @@ class TrainConfig:
     limit: int | None = None  # first N valid training rows
     eval_limit: int | None = None
     dev_size: int = 64  # rows carved from the training data for periodic evaluation
+    # rows carved from the training data to fit the temperature after training (0: none): at most a tenth of
+    # the rows, and none under 30 (see data/dev.py); a temperature fitted on trained rows would be too confident
+    calibration_size: int = 256
     prompt_format: str = "auto"  # auto: the model's chat template when it has one, else plain text
     max_seq_len: int = 512  # MedMCQA prompt + answer + explanation fits in 512 Qwen3 tokens for ~98% of rows
     epochs: float = 1.0
@@ -110,6 +113,8 @@ class TrainConfig:
     overwrite: bool = False  # start over in a folder that holds a run (finished or not): its files are deleted
     fsdp: bool = False  # under several processes, shard the frozen decoder layers (torch FSDP2) instead of copying them
     exclude_overlap: bool = False  # drop training rows that overlap eval_data (counted in report.json)
+    # with eval_data: after training, evaluate the base model and the tuned run on it and compare them, paired
+    compare_base: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, list):  # the Python API's natural spelling; stored hashable
@@ -227,6 +232,7 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "answer_base": (lambda value: value is None or (_is_int(value) and value in (0, 1)), "0, 1 or null"),
     "skip_invalid": _BOOL,
     "limit": _integer(1, optional=True), "eval_limit": _integer(1, optional=True), "dev_size": _integer(0),
+    "calibration_size": _integer(0),
     "prompt_format": _one_of(PROMPT_FORMATS), "max_seq_len": _integer(1),
     "epochs": (lambda value: _is_number(value) and value > 0, "a number > 0"),
     "max_steps": _integer(1, optional=True), "batch_size": _integer(1), "grad_accum": _integer(1),
@@ -250,6 +256,7 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "dtype": _one_of(DTYPES), "attention": _one_of(ATTENTIONS), "quantize": _one_of(QUANTIZATIONS),
     "memory_budget": (_memory_size, "a memory size such as 24GB or 80GiB, or null"),
     "trust_remote_code": _BOOL, "resume": _BOOL, "overwrite": _BOOL, "fsdp": _BOOL, "exclude_overlap": _BOOL,
+    "compare_base": _BOOL,
 }
 
 

@@ -21,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from medtune.data import LETTERS, MCQExample
+from medtune.evaluation.calibration import calibration_line, calibration_metrics, scale_logprobs, top_confidence
+from medtune.evaluation.selective import selective_metrics
 from medtune.prompts import PromptTemplate
 from medtune.tokenization import collate_prompts, encode_prompt, letter_token_ids, pad_token_id
 
@@ -258,12 +260,14 @@ def _warnings(n: int, correct: int, predicted_counts: Counter, majority_letter: 
 
 def evaluate(
     model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
-    progress: bool = True,
+    progress: bool = True, temperature: float | None = None,
 ) -> tuple[dict, list[dict]]:
     """(metrics, predictions) for labelled examples, scored by `choice_logprobs`.
 
     A question whose top letters tie exactly gets "pred": null and counts as wrong (`predicted_options`);
-    metrics["ties"] says how many did."""
+    metrics["ties"] says how many did. With a `temperature` (the run's calibration.json), each prediction adds
+    "probs_calibrated" and metrics["calibration"] reports both; the letter is always the raw argmax (scaling by
+    T never changes it). metrics["selective"] ranks questions by the calibrated confidence when there is one."""
     started = time.perf_counter()
     logprobs = choice_logprobs(model, tokenizer, template, examples, batch_size, progress)
     seconds = time.perf_counter() - started
@@ -274,7 +278,17 @@ def evaluate(
          "subject": e.subject}  # null where the data has none; `medtune compare` compares per subject with it
         for i, (e, p) in enumerate(zip(examples, predicted))
     ]
+    if temperature is not None:
+        calibrated = scale_logprobs(logprobs, temperature)
+        for i, (e, row) in enumerate(zip(examples, predictions)):
+            row["probs_calibrated"] = {letter: round(math.exp(calibrated[i, j].item()), 6)
+                                       for j, letter in enumerate(e.letters)}
     metrics = summarize(examples, predicted, none_label="tie")
+    answers, subjects = [e.answer for e in examples], [e.subject for e in examples]
+    metrics["calibration"] = calibration_metrics(logprobs, answers, predicted, subjects, temperature)
+    metrics["selective"] = selective_metrics(
+        top_confidence(calibrated if temperature is not None else logprobs),
+        [p is not None and p == a for p, a in zip(predicted, answers)], "calibrated" if temperature else "raw")
     metrics.update(mode="scored", prompt_format=template.format, task=template.task, fewshot=fewshot_record(template),
                    ties=predicted.count(None),
                    tie_rule="a question whose top letters tie exactly is counted wrong", seconds=round(seconds, 3),
@@ -395,17 +409,24 @@ def check_output(output: Path, overwrite: bool = False) -> None:
 
 
 def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16,
-                    data: dict | None = None, generative_tokens: int | None = None, overwrite: bool = False) -> dict:
+                    data: dict | None = None, generative_tokens: int | None = None, overwrite: bool = False,
+                    permutations: str | None = None) -> dict:
     """Score `examples` with an `Answerer`'s model and prompt; write predictions.jsonl and metrics.json
     under `output` and print a one-line summary. Used by `medtune eval` and the quickstart.
 
     `data` (the data report) is stored in the metrics; with `generative_tokens`, `evaluate_generative` runs
     too, its metrics go under "generative" and its texts to generations.jsonl. An `output` that already
-    holds metrics.json is refused unless `overwrite`."""
+    holds metrics.json is refused unless `overwrite`. With `permutations` "cyclic", every cyclic shift of the
+    options is scored too (`evaluation.robustness`): metrics["robustness"] and permutations.jsonl."""
+    from medtune.evaluation.robustness import check_permutations, score_permutations
     from medtune.rundir import write_json
 
     check_output(output, overwrite)
-    metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size)
+    permute = check_permutations(permutations, answerer.template)  # a refusal before minutes of scoring
+    temperature = getattr(answerer, "temperature", None)  # the run's calibration.json; None for a bare model
+    metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size,
+                                    temperature=temperature)
+    metrics["calibration"]["temperature_file"] = answerer.description.get("calibration")
     metrics["model"] = answerer.description
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.jsonl", "w", encoding="utf-8") as handle:
@@ -419,6 +440,7 @@ def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_si
           f"{metrics['questions_per_second']} questions/s -> {output}")
     print(f"answers given: {_distribution(metrics['predicted_distribution'])}; gold: "
           f"{_distribution(metrics['gold_distribution'])}")
+    print(calibration_line(metrics))
     for warning in metrics["warnings"]:
         print(f"warning: {warning}")
     if data is not None:
@@ -428,5 +450,7 @@ def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_si
                                                                  answerer.template, examples, generative_tokens)
         with open(output / "generations.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(g) + "\n" for g in generations)
+    if permute:
+        metrics["robustness"] = score_permutations(answerer, examples, output, batch_size)
     write_json(output / "metrics.json", metrics)
     return metrics

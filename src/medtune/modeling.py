@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -332,13 +333,49 @@ def _checkpoint_head(checkpoint: dict[str, Path], name: str) -> tuple[tuple[int,
     return shape, head.reshape(-1)[:16]
 
 
+TIED_EMBEDDINGS = ("lm_head", "embed_tokens")
+
+
+def tied_embedding_targets(config, target_modules, modules_to_save=None) -> list[str]:
+    """The embedding modules (lm_head, embed_tokens) a LoRA adapter's targets or modules_to_save name, when the
+    model `config` ties its input and output embeddings (one shared matrix); [] otherwise. `target_modules` is
+    PEFT's spelling: a list of module names, a regular expression, or 'all-linear' (which leaves the head out)."""
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    if not getattr(text, "tie_word_embeddings", False):
+        return []
+    if target_modules == "all-linear":
+        named = []
+    elif isinstance(target_modules, str):  # PEFT: a regular expression matched against the full module name
+        keys = {"lm_head": "lm_head", "embed_tokens": "model.embed_tokens"}
+        named = [name for name in TIED_EMBEDDINGS if re.fullmatch(target_modules, keys[name])]
+    else:
+        named = [name for name in TIED_EMBEDDINGS if any(t.split(".")[-1] == name for t in target_modules or ())]
+    saved = [name for name in TIED_EMBEDDINGS if any(m.split(".")[-1] == name for m in modules_to_save or ())]
+    return list(dict.fromkeys(named + saved))
+
+
+def untie_recipe() -> str:
+    """How to make an untied copy of a base, in one line of Python (then train with --model UNTIED)."""
+    return ("m = AutoModelForCausalLM.from_pretrained(BASE); m.config.tie_word_embeddings = False; "
+            "m.lm_head.weight = torch.nn.Parameter(m.get_input_embeddings().weight.clone()); "
+            "m.save_pretrained(UNTIED); AutoTokenizer.from_pretrained(BASE).save_pretrained(UNTIED)")
+
+
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
-    """Wrap `model` with a fresh, trainable LoRA adapter; the base weights are frozen."""
+    """Wrap `model` with a fresh, trainable LoRA adapter; the base weights are frozen. Refuses lm_head or
+    embed_tokens as targets of a model with tied embeddings: the adapter would change one shared matrix through
+    two paths, and merging it writes the change in twice (PEFT 0.21's ensure_weight_tying)."""
     import warnings
 
     from peft import LoraConfig, get_peft_model
 
     targets = list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
+    tied = tied_embedding_targets(model.config, targets)
+    if tied:
+        raise ModelError(f"lora_target_modules names {', '.join(tied)}, but this model ties its input and output "
+                         "embeddings (one shared matrix), so the adapter could not be merged or served correctly: "
+                         "drop them from lora_target_modules, or train on an untied copy of the base made with "
+                         f"transformers: {untie_recipe()}; then --model UNTIED")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     with warnings.catch_warnings():  # PEFT still asks transformers 5 for a renamed attribute; harmless
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -15,13 +15,13 @@ import logging
 import os
 import sys
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 from medtune import __version__
-from medtune.answer import add_model_arguments, answerer_from_args
+from medtune.answer import abstains, add_model_arguments, answerer_from_args, check_threshold
 from medtune.data import MAX_OPTIONS, MIN_OPTIONS, MCQExample, example_from_input
 from medtune.web.batching import Batcher, RequestTimeout
 
@@ -59,15 +59,19 @@ class Settings:
     # 8 explanations of 160 tokens take ~1 min for a 135M model on 2 CPU cores: a request's share of the model
     max_explanations: int = 8
     request_timeout: float = 120.0  # seconds; above that batch of explanations on a CPU, below a client's patience
+    # answers whose top probability is below this say "abstain": true (a request's own abstain_below wins);
+    # None: only a tie abstains
+    abstain_below: float | None = None
 
     def __post_init__(self):
+        check_threshold(self.abstain_below, "serve setting abstain_below")
         for item in fields(self):
             value, least = getattr(self, item.name), _LEAST.get(item.name, 1)
             if isinstance(value, int | float) and value < least:
                 raise ValueError(f"serve setting {item.name} is {value}; it must be at least {least}")
 
 
-_LEAST = {"max_wait_ms": 0, "request_timeout": 0.1}  # every other number must be at least 1
+_LEAST = {"max_wait_ms": 0, "request_timeout": 0.1, "abstain_below": 0}  # every other number: at least 1
 
 
 _DEFAULTS = Settings(api_key=None)
@@ -120,6 +124,11 @@ def _schemas(settings: Settings):
         options: list[option] = Field(min_length=MIN_OPTIONS, max_length=MAX_OPTIONS,
                                       json_schema_extra={"uniqueItems": True})
         explain: bool = Field(True, description="also generate an explanation after choosing the answer")
+        abstain_below: float | None = Field(
+            None, ge=0, le=1, examples=[0.6],
+            description="abstain (\"abstain\": true) when the top option's probability is below this; the letter "
+                        "and probabilities are still given. Default: the server's --abstain-below (none: only a tie "
+                        "abstains); 0 never abstains")
 
     class QuestionBatch(BaseModel):
         model_config = strict
@@ -128,8 +137,18 @@ def _schemas(settings: Settings):
     class AnswerOut(BaseModel):
         answer: str | None = Field(description="the chosen letter; null when the top options tie exactly "
                                                "(no letter is chosen, and none is explained)", examples=["B"])
-        probs: dict[str, float] = Field(description="letter -> probability; they sum to 1")
-        explanation: str | None
+        probs: dict[str, float] = Field(description="letter -> probability; they sum to 1 (temperature-scaled "
+                                                    "when \"calibrated\")")
+        explanation: str | None = Field(description="ends at a sentence end, or with ' […]' where the length "
+                                                    "limit cut it")
+        confidence: float = Field(description="the top option's probability", examples=[0.41])
+        abstain: bool = Field(description="true when confidence is below abstain_below, or the top options tie: "
+                                          "do not rely on this answer (it is still given)")
+        abstain_below: float | None = Field(description="the threshold applied: the request's, else the server's")
+        explanation_consistent: bool | None = Field(
+            description="false when the explanation states a different option as the answer (the scored letter "
+                        "stays the answer); null without an explanation")
+        calibrated: bool = Field(description="probabilities are temperature-scaled (the run's calibration.json)")
         model: dict[str, str | None]
 
     class AnswerBatch(BaseModel):
@@ -165,29 +184,35 @@ def _add_routes(app: "FastAPI", batcher: Batcher, settings: Settings) -> None:
         jobs = admit(examples, explain)
         return await _await_or_hang_up(request, [job.future for job in jobs])
 
-    def to_json(answer) -> dict:
-        return {**answer.to_dict(), "model": _public_description(batcher.answerer.description)}
+    def to_json(answer, question) -> dict:
+        threshold = settings.abstain_below if question.abstain_below is None else question.abstain_below
+        answer = replace(answer, abstain=abstains(answer.answer, answer.confidence, threshold))
+        return {**answer.to_dict(), "abstain_below": threshold,
+                "model": _public_description(batcher.answerer.description)}
 
     @v1.post("/answer", response_model=AnswerOut, responses=errors)
     async def answer(body: Question, request: Request):
         found = await answers(request, [_example(body, "request")], [body.explain])
-        return to_json(found[0]) if found else Response(status_code=gone)
+        return to_json(found[0], body) if found else Response(status_code=gone)
 
     @v1.post("/answer/batch", response_model=AnswerBatch, responses=errors)
     async def answer_batch(body: QuestionBatch, request: Request):
         examples = [_example(question, f"questions[{i}]") for i, question in enumerate(body.questions)]
         found = await answers(request, examples, [question.explain for question in body.questions])
-        return {"answers": [to_json(a) for a in found]} if found else Response(status_code=gone)
+        if not found:
+            return Response(status_code=gone)
+        return {"answers": [to_json(a, question) for a, question in zip(found, body.questions, strict=True)]}
 
     @v1.post("/answer/stream", responses={200: {"content": {"text/event-stream": {}}}, **errors})
     async def answer_stream(body: Question, request: Request):
-        """Server-sent events: `answer` (letter, probs, model), `token`s of the explanation, then `done`."""
+        """Server-sent events: `answer` (letter, probs, confidence, abstain, model), `token`s of the explanation,
+        then `done` (the explanation as cut, and whether it is consistent with the letter)."""
         job = admit([_example(body, "request")], [body.explain], streamed=True)[0]
         # scored in a batch like any other question; its explanation waits its turn and counts in the bound
         found = await _await_or_hang_up(request, [job.future if job.scored is None else job.scored])
         if not found:
             return Response(status_code=gone)
-        events = _events(job, to_json(found[0]))
+        events = _events(job, to_json(found[0], body))
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -251,16 +276,19 @@ def _streamer(batcher: Batcher):
 
 
 async def _events(job, answer: dict):
-    """`answer`, then the explanation's `token`s and `done`; `error` instead of `done` if it fails or times out."""
-    yield _sse("answer", {key: answer[key] for key in ("answer", "probs", "model")})
+    """`answer`, then the explanation's `token`s and `done`; `error` instead of `done` if it fails or times out.
+    `done` carries the explanation as `Answerer.explain` finished it (cut at a sentence end, or marked), which
+    may differ from the streamed tokens' end, and `explanation_consistent`."""
+    yield _sse("answer", {key: value for key, value in answer.items()
+                          if key not in ("explanation", "explanation_consistent")})
     if job.streamer is None or answer["answer"] is None:  # nothing asked, or a tie: no letter to explain
-        yield _sse("done", {"explanation": None})
+        yield _sse("done", {"explanation": None, "explanation_consistent": None})
         return
     try:
         async for text in job.streamer:
             if text:
                 yield _sse("token", {"text": text})
-        explanation = (await job.future).explanation
+        explained = await job.future
     except RequestTimeout as error:  # the status line has gone: the deadline can only be said here
         yield _sse("error", {"detail": str(error)})
         return
@@ -270,7 +298,8 @@ async def _events(job, answer: dict):
         return
     finally:
         job.future.cancel()  # a client that leaves mid-stream stops the generation at its next token
-    yield _sse("done", {"explanation": explanation})
+    yield _sse("done", {"explanation": explained.explanation,
+                        "explanation_consistent": explained.explanation_consistent})
 
 
 def _sse(event: str, data: dict) -> str:
@@ -331,12 +360,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(_DEFAULTS, name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
                             help=f"{text} (default {default:g})")
+    parser.add_argument("--abstain-below", type=float, metavar="P",
+                        help="answers whose top probability is below P (0 to 1) say \"abstain\": true, and the "
+                             "page says the model abstains; a request's own \"abstain_below\" wins (default "
+                             "none: only a tie abstains)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: getattr(args, name) for name, _, _ in _LIMITS},
                     api_key=args.api_key or os.environ.get("MEDTUNE_API_KEY") or None,
-                    cors_origins=tuple(args.cors_origin))
+                    cors_origins=tuple(args.cors_origin), abstain_below=getattr(args, "abstain_below", None))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -154,15 +154,22 @@ def task_template(template, task_name: str, fewshot: tuple[list[MCQExample], str
     return template.with_fewshot(exemplars, split) if exemplars else template
 
 
-def score_task(answerer, task_name: str, rows: TaskRows, output: Path, batch_size: int, overwrite: bool) -> dict:
-    """Score one task as `medtune eval --data` does (`evaluate_to_dir`), with that task's prompt."""
+def score_task(answerer, task_name: str, rows: TaskRows, output: Path, batch_size: int, overwrite: bool,
+               permutations: str | None = None) -> dict:
+    """Score one task as `medtune eval --data` does (`evaluate_to_dir`), with that task's prompt. With
+    `permutations`, a task whose prompt gives the option order no meaning (harness PubMedQA) is scored without
+    them, and a line says why, rather than stopping the suite."""
     from medtune.answer import Answerer
+    from medtune.evaluation.robustness import unpermutable
 
     template = task_template(answerer.template, task_name, rows.fewshot)
     description = {**answerer.description, "prompt_format": template.format, "task": task_name}
     for_task = Answerer(answerer.model, answerer.tokenizer, template, description)
+    if permutations not in (None, "none") and unpermutable(template):
+        print(f"{task_name}: scored without --permutations: {unpermutable(template)}")
+        permutations = None
     return evaluate_to_dir(for_task, rows.examples, output / task_name, batch_size, data=rows.data,
-                           overwrite=overwrite)
+                           overwrite=overwrite, permutations=permutations)
 
 
 # ---------------------------------------------------------------- the summary
@@ -245,12 +252,13 @@ def check_suite_output(output: Path, tasks: tuple[str, ...], overwrite: bool) ->
 
 def run_suite(load_answerer: Callable, suite: str, output: Path, sources: list[str] | None = None,
               limit_per_task: int | None = None, batch_size: int = 16, overwrite: bool = False,
-              num_fewshot: int = 0, run_dir: str | None = None, **load_options) -> dict:
+              num_fewshot: int = 0, run_dir: str | None = None, permutations: str | None = None,
+              **load_options) -> dict:
     """Score every task of `suite`; write DIR/<task>/ and DIR/suite.json; print the table; return the summary.
 
     `load_answerer()` returns the `Answerer`; it is called after the data is read (seconds) so a bad source
     fails before the model loads (minutes). `run_dir`: the run being scored, to warn about rows it trained on.
-    `load_options` go to `load_examples` (skip_invalid, answer_base)."""
+    `load_options` go to `load_examples` (skip_invalid, answer_base). `permutations`: see `score_task`."""
     tasks = suite_tasks(suite)
     paths = parse_sources(sources, suite)
     check_suite_output(output, tasks, overwrite)
@@ -258,7 +266,8 @@ def run_suite(load_answerer: Callable, suite: str, output: Path, sources: list[s
     warn_if_trained_on(run_dir, loaded)
     answerer = load_answerer()
     started = time.perf_counter()
-    results = {name: score_task(answerer, name, rows, output, batch_size, overwrite) for name, rows in loaded.items()}
+    results = {name: score_task(answerer, name, rows, output, batch_size, overwrite, permutations)
+               for name, rows in loaded.items()}
     seconds = time.perf_counter() - started
     scored = sum(metrics["n"] for metrics in results.values())
     extra = {"sources": {name: source_label(name, paths.get(name)) for name in tasks},

@@ -34,6 +34,7 @@ from medtune.checkpoints import (
 )
 from medtune.config import TrainConfig, parse_source
 from medtune.data import LETTERS, MCQExample, split_dev
+from medtune.data.dev import split_calibration
 from medtune.data.overlap import training_fingerprint
 from medtune.device import (
     Choice,
@@ -47,6 +48,7 @@ from medtune.device import (
     select_quantization,
 )
 from medtune.evaluate import choice_logprobs, model_device, predicted_options
+from medtune.evaluation.after_training import calibrate_on_slice, compare_with_base, slice_source
 from medtune.mixture import (
     TrainingRows,
     check_against_eval,
@@ -100,6 +102,8 @@ class _Data:
     reports: dict
     rows: TrainingRows  # the examples behind `encoded`, with their sources
     weights: tuple[float, ...] | None  # a weighted mixture's; None: every row once per epoch
+    calibration: list[MCQExample]  # never trained on: the temperature is fitted on them after training
+    calibration_data: dict  # {"source", "sha256"} of the calibration rows, for calibration.json
 
 
 def seed_everything(seed: int, device: str) -> None:
@@ -147,6 +151,9 @@ def _load_data(config: TrainConfig, tokenizer, template, world: int, log) -> _Da
     rows, sources = load_sources(config, log)
     rows, reports, held_out = check_against_eval(config, rows, log)
     train_rows, dev = split_dev(rows.examples, config.dev_size, config.seed, exclude=held_out)
+    train_rows, calibration = split_calibration(train_rows, config.calibration_size, config.seed,
+                                                len(rows.examples), exclude=held_out)
+    calibration_data = slice_source(sources, rows.keep(calibration).source_of) if calibration else {}
     rows = rows.keep(train_rows)
     encoded, rows = _encode(rows, sources, tokenizer, template, config)
     cut = [item.context_cut for item in encoded]
@@ -155,14 +162,18 @@ def _load_data(config: TrainConfig, tokenizer, template, world: int, log) -> _Da
         raise ValueError(f"only {len(encoded)} rows are left to train on ({len(dev)} held for dev), fewer than one "
                          f"optimizer step takes (batch_size {config.batch_size} x grad_accum {config.grad_accum} x "
                          f"{world} process{'es' if world > 1 else ''} = {step_rows}): use more rows, or lower "
-                         "batch_size, grad_accum or dev_size")
-    log(f"{len(encoded)} rows train, {len(dev)} are held out as the dev slice (dev_size {config.dev_size})"
+                         "batch_size, grad_accum, dev_size or calibration_size")
+    log(f"{len(encoded)} rows train, {len(dev)} are held out as the dev slice (dev_size {config.dev_size}), "
+        f"{len(calibration)} as the calibration slice (calibration_size {config.calibration_size}"
+        + ("" if calibration or not config.calibration_size else "; none under 300 rows: data/dev.py") + ")"
         + _context_note(cut, config.max_seq_len))
     weights = mixture_weights(config)
     reports = {"train": combined_report(sources)} | reports | {
         "sources": source_summaries(sources, rows, weights), "train_rows": len(encoded), "dev_rows": len(dev),
-        "dev_ids": [e.id for e in dev], "context_truncated": {"rows": sum(map(bool, cut)), "tokens": sum(cut)}}
-    return _Data(dev, encoded, reports, rows, weights)
+        "dev_ids": [e.id for e in dev], "calibration_rows": len(calibration),
+        "calibration_ids": [e.id for e in calibration],
+        "context_truncated": {"rows": sum(map(bool, cut)), "tokens": sum(cut)}}
+    return _Data(dev, encoded, reports, rows, weights, calibration, calibration_data)
 
 
 def _encode(rows: TrainingRows, sources: list[dict], tokenizer, template, config: TrainConfig):
@@ -392,9 +403,10 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         set_adapter_state(model, best_adapter)  # early stopping keeps the best evaluated adapter, not the last
         adapter_step = best["step"]
     accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - started
+    calibrate_on_slice(model, tokenizer, template, data.calibration, run.root, data.calibration_data, main, log)
     if not main:
         return run
-    seconds = time.perf_counter() - started
     model.save_pretrained(run.adapter)
     finished = {"steps": step, "planned_steps": total_steps, "adapter_step": adapter_step,
                 "adapter_choice": "best dev accuracy (early stopping)" if adapter_step != step else "last step",
@@ -410,7 +422,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         "processes": world, "fsdp": fsdp,
         "base_model": info.to_dict(),
         "prompt": {"format": template.format, "enable_thinking": template.enable_thinking},
-        "data": manifest_data(data.reports),
+        "data": manifest_data(data.reports) | {"calibration_rows": data.reports["calibration_rows"]},
         "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
         "training": finished,
     }
@@ -418,6 +430,9 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     write_json(run.fingerprint, training_fingerprint(data.rows.examples))  # what `medtune eval` checks against
     write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
     log(_summary(run, config, data, record, best, finished))
+    del model, loss_module, optimizer, parameters, good, best_adapter  # the comparison loads the run afresh
+    accelerator.free_memory()  # accelerate keeps references to what it prepared
+    compare_with_base(config, run.root, device.value, log)
     return run
 
 

@@ -20,12 +20,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from medtune.answer import Answer, chosen_letter
+from medtune.answer import Answer, scored_answer, with_explanation
 from medtune.data import LETTERS, MCQExample
 
 log = logging.getLogger("medtune.serve")
@@ -239,8 +239,10 @@ class Batcher:
     async def _score(self, jobs: list[_Job]) -> None:
         self.batch_sizes[len(jobs)] += 1
         all_probs = await self.on_model(self.answerer.score, [job.example for job in jobs])
+        calibrated = getattr(self.answerer, "temperature", None) is not None  # score then returns scaled probs
         for job, probs in zip(jobs, all_probs, strict=True):  # unexplained answers do not wait for the rest
-            job.answer = answer = Answer(chosen_letter(probs), probs, None)
+            # no threshold here: each route applies its request's own (`serve._with_threshold`)
+            job.answer = answer = scored_answer(probs, calibrated=calibrated)
             if job.scored is not None:
                 _settle(job.scored, job.answer)
             if not job.explain or answer.answer is None:  # a tie chooses no letter: nothing to explain
@@ -251,7 +253,9 @@ class Batcher:
     async def _explain(self, jobs: list[_Job]) -> None:
         job = jobs[0]
         text = await self.on_model(_generate, self.answerer, job, self.max_new_tokens)
-        _settle(job.future, replace(job.answer, explanation=text))  # no-op if it ran out of time meanwhile
+        # checked against the scored letter here, so every route reports `explanation_consistent` alike;
+        # a no-op if it ran out of time meanwhile
+        _settle(job.future, with_explanation(job.answer, job.example, text))
 
 
 class _UntilDropped(StoppingCriteria):
