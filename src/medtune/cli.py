@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="did it help? two evaluations compared question by question", epilog=EPILOG,
         description="Compare two `medtune eval` output folders (or two --suite folders: per task and on the "
                     "averages) on the questions both scored, matched by id: the accuracy difference with a paired "
-                    "bootstrap 95%% interval (10,000 resamples, seed 0), McNemar's exact test, and a verdict.")
+                    "bootstrap 95% interval (10,000 resamples, seed 0), McNemar's exact test, and a verdict.")
     compare.add_argument("eval_a", metavar="EVAL_A", help="the first evaluation folder (e.g. the base model's)")
     compare.add_argument("eval_b", metavar="EVAL_B", help="the second (e.g. the tuned run's); differences are B - A")
     compare.add_argument("--json", action="store_true", help="print the whole comparison as one JSON object")
@@ -255,7 +255,7 @@ def _add_publish_parsers(commands) -> None:
                                description="Write README.md, a medical model card: Hub front matter with a "
                                            "model-index of every evaluation, intended and out-of-scope use, data "
                                            "with sha256 and license, hyperparameters, hardware, evaluation with "
-                                           "95%% CIs, baselines, the paired comparison and calibration, "
+                                           "95% CIs, baselines, the paired comparison and calibration, "
                                            "limitations, and how to load it. Every figure is read from the run.")
     push = commands.add_parser("push", help="upload the run (adapter, card, prompt, evaluation) to the Hub",
                                epilog=EPILOG,

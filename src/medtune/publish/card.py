@@ -327,9 +327,16 @@ def _training_data(facts: dict) -> list[str]:
     lines.append(f"Training rows: {data.get('train_rows', 'n/a')}; rows held out as a dev slice: "
                  f"{data.get('dev_rows', 'n/a')}.")
     if data.get("overlap"):
-        overlap = json.dumps(scrub(data["overlap"]))
-        lines.append(f"Overlap with the evaluation data (recorded at training): `{overlap}`.")
+        lines.append(_overlap_line(data["overlap"]))
     return lines + [""] + [f"- {note}" for note in notes] if notes else lines
+
+
+def _overlap_line(overlap: dict) -> str:
+    """The training rows' overlap with the evaluation data, as the run recorded it, in one sentence."""
+    kinds = ", ".join(f"{kind} {overlap.get(kind, {}).get('eval_rows', 0)}" for kind in ("exact", "question", "ngram"))
+    return (f"Overlap with the evaluation data (recorded at training): {overlap.get('overlapping_eval_rows')} of "
+            f"{overlap.get('eval_rows')} evaluation rows share a question with the {overlap.get('train_rows')} "
+            f"training rows (by kind: {kinds}; ngram = a shared {overlap.get('ngram_n')}-gram).")
 
 
 def _data_license(source: dict) -> str:
