@@ -116,7 +116,7 @@ def run_medtune(args) -> dict:
         answerer = Answerer.from_run(run.root, device="cpu", dtype="fp32")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
             loss, accuracy = answer_token_loss(answerer.model, answerer.tokenizer, answerer.template, held_out)
-        base = answerer.model.get_base_model()
+        base = answerer.model  # the adapter folded in (Answerer.from_run): the base architecture
     # Time spent loading the model and data is inside `seconds` for medtune and outside it for Trainer:
     # subtract medtune's own measured training-loop time instead.
     loop_seconds = manifest["training"]["seconds"]
@@ -124,6 +124,21 @@ def run_medtune(args) -> dict:
                    peak_rss_bytes(), non_embedding_parameters(base), args, answerer.tokenizer,
                    wall_seconds=round(seconds, 2), attention=manifest["attention"],
                    gradient_checkpointing=args.gradient_checkpointing, compile=args.compile)
+
+
+def run_trl(args) -> dict:
+    """TRL's SFTTrainer + PEFT (bench/trl_peer.py), in `args.worker`'s mode: TRL's defaults, or this file's
+    medtune worker's settings exactly (keep `equal_settings` below in step with run_medtune)."""
+    from trl_peer import DEFAULTS, equal_settings, train_trl
+
+    train, held_out = _examples(args)
+    settings = DEFAULTS if args.worker == "trl-defaults" else equal_settings(
+        LORA, max_length=256, batch_size=args.batch_size, grad_accum=16 // args.batch_size, learning_rate=2e-4,
+        warmup_ratio=0.05, gradient_checkpointing=args.gradient_checkpointing)
+    m, tokenizer = train_trl(args, args.worker, settings, train, held_out)
+    name = "TRL SFTTrainer (defaults)" if args.worker == "trl-defaults" else "TRL SFTTrainer (equal settings)"
+    return _result(name, train, m["tokens"], m["seconds"], m["loss"], m["accuracy"], m["rss"], m["n_params"], args,
+                   tokenizer, **m["extra"])
 
 
 def _result(name, train, tokens, seconds, loss, accuracy, rss, n_params, args, tokenizer, **extra) -> dict:
@@ -156,19 +171,26 @@ def main() -> None:
                         help="medtune with checkpointing too (the recipe always has it): memory for speed")
     parser.add_argument("--compile", action="store_true",
                         help="medtune with compile=true (torch.compile per decoder layer; compile time included)")
-    parser.add_argument("--worker", choices=["seed", "medtune"])
+    parser.add_argument("--peer", choices=["trl"], action="append", default=[],
+                        help="also train with TRL's SFTTrainer + PEFT (bench/trl_peer.py), in --trl-mode")
+    parser.add_argument("--trl-mode", choices=["both", "defaults", "equal"], default="both",
+                        help="with --peer trl: TRL's defaults, medtune's settings exactly, or both (default)")
+    parser.add_argument("--worker", choices=["seed", "medtune", "trl-defaults", "trl-equal"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.worker:
         from common import write_result
 
-        write_result(args.out, run_seed(args) if args.worker == "seed" else run_medtune(args))
+        run = {"seed": run_seed, "medtune": run_medtune}.get(args.worker, run_trl)
+        write_result(args.out, run(args))
         return
     import torch
     from common import peak_matmul_flops
 
     results = []
-    for worker in ("seed", "medtune"):
+    trl_modes = ["defaults", "equal"] if args.trl_mode == "both" else [args.trl_mode]
+    peers = [f"trl-{mode}" for mode in trl_modes] if "trl" in args.peer else []
+    for worker in ("seed", "medtune", *peers):
         part = f"{args.out}.{worker}.json"
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", worker, "--out", part], check=True)
         results.append(json.loads(Path(part).read_text()))
@@ -178,8 +200,13 @@ def main() -> None:
         # LoRA model FLOPs per processed token: forward 2N + input-gradient backward 2N (frozen weights get no
         # weight gradient); recomputation under checkpointing is not model work.
         result["mfu"] = round(4 * result["non_embedding_params"] * result["tokens_per_second"] / peak, 4)
-    seed, ours = results
+    seed, ours = results[:2]
     summary["speedup_questions_per_second"] = round(ours["questions_per_second"] / seed["questions_per_second"], 2)
+    for peer in results[2:]:  # medtune against each TRL mode: questions/s and peak memory ratios
+        summary[f"vs_{peer['mode']}"] = {
+            "speedup_questions_per_second": round(ours["questions_per_second"] / peer["questions_per_second"], 2),
+            "peak_rss_ratio": round(ours["peak_rss_mib"] / peer["peak_rss_mib"], 2),
+            "heldout_loss_difference": round(ours["heldout_answer_token_loss"] - peer["heldout_answer_token_loss"], 4)}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -185,7 +185,7 @@ def test_quantize_auto_trains_in_4bit_when_the_plan_says_16bit_does_not_fit(tiny
 
 def test_quantize_auto_stays_16bit_when_the_budget_holds_the_plan(tiny_qwen3):
     config = TrainConfig(model=str(tiny_qwen3), quantize="auto", memory_budget="64GiB", batch_size=2)
-    choice = trainer._choose_quantization(config, "cpu", "fp32", "eager")
+    choice = trainer._choose_memory(config, "cpu", "fp32", "eager")[0]
     assert (choice.value, choice.reason) == ("none", "auto: the memory plan says 16-bit LoRA fits")
 
 
@@ -213,7 +213,7 @@ def test_quantize_auto_trains_16bit_where_the_planner_cannot_read_the_model(tiny
 def test_quantize_auto_on_a_gguf_file_falls_back_to_16bit(tmp_path):
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00")  # the planner reads configs, never GGUF files
-    choice = trainer._choose_quantization(TrainConfig(model=str(gguf), quantize="auto"), "cpu", "fp32", "eager")
+    choice = trainer._choose_memory(TrainConfig(model=str(gguf), quantize="auto"), "cpu", "fp32", "eager")[0]
     assert choice.value == "none" and f"the memory planner cannot read {gguf}" in choice.reason
 
 

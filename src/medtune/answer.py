@@ -19,7 +19,7 @@ from medtune.data import LETTERS, MCQExample, example_from_input
 from medtune.device import select_attention, select_device, select_dtype, select_quantization
 from medtune.evaluate import choice_logprobs, model_device
 from medtune.evaluation.calibration import CALIBRATION_FILE, read_temperature, scale_logprobs
-from medtune.modeling import check_adapter_file, load_adapter, load_base, upcast_unquantized
+from medtune.modeling import check_adapter_file, fold_adapter, load_adapter, load_base, upcast_unquantized
 from medtune.prompts import PromptTemplate, template_for
 from medtune.rundir import RunDir
 from medtune.tokenization import pad_token_id
@@ -193,7 +193,7 @@ class Answerer:
     def from_run(cls, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  prompt_format: str | None = None, attention: str = "auto",
                  trust_remote_code: bool = False, quantize: str | None = None,
-                 use_calibration: bool = True) -> Answerer:
+                 use_calibration: bool = True, fold: bool = True) -> Answerer:
         """The run's base model + adapter + saved prompt; refuses a base that differs from the trained one.
         The run's calibration.json, when it has one, sets `temperature` (`use_calibration=False`: raw
         probabilities, as `medtune calibrate` needs to fit T).
@@ -201,7 +201,11 @@ class Answerer:
         `prompt_format` None or "auto" is the run's saved prompt; "harness" swaps in lm-evaluation-harness's
         prompt (recorded in the description); any other format is refused (`_run_prompt`). `quantize` None
         loads the base the way it was trained (a QLoRA run: 4-bit); none/4bit/8bit asks for that load instead --
-        the base fingerprint names the checkpoint, not its load, so each of them accepts the adapter."""
+        the base fingerprint names the checkpoint, not its load, so each of them accepts the adapter.
+
+        `fold` (default) folds the adapter into the base weights for base-speed inference where that is exact
+        (`modeling.fold_adapter`: not on a 4/8-bit base); `fold=False` keeps the PeftModel, for a caller that
+        disables the adapter (the comparison after training) or merges it itself (export)."""
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run folder {run_dir} does not exist; give the --output folder of a "
                                     "`medtune train` run")
@@ -223,9 +227,11 @@ class Answerer:
             upcast_unquantized(model)  # as QLoRA training had them (prepare_model_for_kbit_training)
         model = load_adapter(model, run.adapter, base["fingerprint"])
         model = model if quantization != "none" else model.to(chosen_device)  # bitsandbytes placed it already
+        model, folded = fold_adapter(model) if fold else (model, "kept unmerged: asked (fold=False)")
         description = {"base_model": base["id"], "adapter": str(run.adapter), "dtype": chosen_dtype,
                        "dtype_reason": dtype_reason, "device": chosen_device, "prompt_format": template.format,
-                       "prompt": prompt, "quantization": quantization, "trained_quantization": trained}
+                       "prompt": prompt, "quantization": quantization, "trained_quantization": trained,
+                       "adapter_folded": folded}
         if calibration:  # results say which probabilities they hold
             description.update(temperature=calibration["temperature"], calibration=str(run.root / CALIBRATION_FILE))
         return cls(model, tokenizer, template, description)

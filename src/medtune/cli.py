@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quantize", choices=["auto", "none", "4bit", "8bit"],
                        help="QLoRA through bitsandbytes where the backend supports it; auto quantizes only when "
                             "the memory plan says 16-bit LoRA does not fit")
+    train.add_argument("--memory-budget", metavar="SIZE",
+                       help="memory the run may use, e.g. 6GB or 24GiB (default: the GPU's memory, or the memory "
+                            "available now on the CPU): gradient_checkpointing=auto (the default) and --quantize auto "
+                            "plan against it; `medtune plan --memory-budget` shows the same decision")
     train.add_argument("--cuda-visible-devices", help="set CUDA_VISIBLE_DEVICES before the first CUDA call")
     train.add_argument("--hip-visible-devices", help="set HIP_VISIBLE_DEVICES before the first HIP call (ROCm)")
     train.add_argument("--trust-remote-code", action="store_true", default=None,
@@ -99,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "(generations.jsonl with --generative)")
     evaluate.add_argument("--overwrite", action="store_true",
                           help="replace the results in an --output folder that already holds metrics.json")
-    evaluate.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default 16)")
+    evaluate.add_argument("--batch-size", type=int, default=16,
+                          help="questions per forward pass at a task's longest prompts (default 16); shorter prompts "
+                               "fill the same token budget, up to 8x as many")
+    evaluate.add_argument("--batch-tokens", type=int, metavar="T",
+                          help="token budget per forward pass (questions x the longest prompt in the pass); "
+                               "default: --batch-size x the task's longest prompt")
     evaluate.add_argument("--skip-invalid", action="store_true", help="skip invalid rows, counted in metrics.json")
     evaluate.add_argument("--answer-base", type=int, choices=[0, 1], help="see 'medtune train --help'")
     evaluate.add_argument("--generative", action="store_true",
@@ -302,7 +311,8 @@ def _run_train(args) -> int:
 
     flags = {name: getattr(args, name) for name in ("model", "data", "eval_data", "output", "max_steps", "epochs",
                                                     "limit", "answer_base", "device", "dtype",
-                                                    "cuda_visible_devices", "hip_visible_devices", "quantize")}
+                                                    "cuda_visible_devices", "hip_visible_devices", "quantize",
+                                                    "memory_budget")}
     if args.data:  # one --data stays text, as a config file spells it; several make a mixture
         flags["data"] = args.data[0] if len(args.data) == 1 else args.data
     if args.columns:
@@ -358,7 +368,7 @@ def _run_eval(args) -> int:
     _warn_if_trained_on(args.run_dir, examples)  # once the run has loaded: a broken run gets one error line
     evaluate_to_dir(answerer, examples, Path(args.output), args.batch_size, data=report.to_dict(),
                     generative_tokens=args.max_new_tokens if args.generative else None, overwrite=args.overwrite,
-                    permutations=args.permutations)
+                    permutations=args.permutations, batch_tokens=args.batch_tokens)
     return 0
 
 
@@ -390,7 +400,8 @@ def _run_eval_suite(args) -> int:
                          "--num-fewshot takes each task's exemplars from its own source)")
     run_suite(lambda: answerer_from_args(args), args.suite, Path(args.output), args.source, args.limit_per_task,
               args.batch_size, args.overwrite, num_fewshot=args.num_fewshot, run_dir=args.run_dir,
-              skip_invalid=args.skip_invalid, answer_base=args.answer_base, permutations=args.permutations)
+              skip_invalid=args.skip_invalid, answer_base=args.answer_base, permutations=args.permutations,
+              batch_tokens=args.batch_tokens)
     return 0
 
 

@@ -94,7 +94,9 @@ class TrainConfig:
     lora_alpha: int = 32  # alpha/r = 2, the common LoRA scaling
     lora_dropout: float = 0.05
     lora_target_modules: str | tuple[str, ...] = "all-linear"  # every Linear except the output head
-    gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; off when memory allows
+    # auto: the memory plan picks (off when the run fits, else every n-th decoder layer with the largest n that
+    # fits, else every layer, and only then QLoRA); true/false; or n: checkpoint every n-th decoder layer
+    gradient_checkpointing: str | bool | int = "auto"
     compile: bool = False  # torch.compile each decoder layer: a one-off compile, then faster, leaner steps
     eval_every: int = 50  # optimizer steps between dev-slice evaluations (0: only at the end)
     save_every: int = 50  # optimizer steps between resumable checkpoints
@@ -107,7 +109,8 @@ class TrainConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attention: str = "auto"  # auto | eager | sdpa | flash_attention_2; auto: eager on the CPU, sdpa on GPUs
     quantize: str = "auto"  # auto | none | 4bit | 8bit (QLoRA, bitsandbytes); auto: only when 16-bit does not fit
-    memory_budget: str | None = None  # quantize=auto plans against it, e.g. "24GB"; None: GPU memory or available RAM
+    # quantize=auto and gradient_checkpointing=auto plan against it, e.g. "24GB"; None: GPU memory or available RAM
+    memory_budget: str | None = None
     trust_remote_code: bool = False  # runs code from the model repository: only for repositories you trust
     resume: bool = False
     overwrite: bool = False  # start over in a folder that holds a run (finished or not): its files are deleted
@@ -246,7 +249,9 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "lora_target_modules": (
         lambda value: _is_text(value) or (isinstance(value, tuple) and bool(value) and all(map(_is_text, value))),
         "'all-linear' or a non-empty list of module names"),
-    "gradient_checkpointing": _BOOL, "compile": _BOOL,
+    "gradient_checkpointing": (lambda value: value == "auto" or isinstance(value, bool) or _integer(1)[0](value),
+                               "auto, true, false or an integer n >= 1 (checkpoint every n-th decoder layer)"),
+    "compile": _BOOL,
     "eval_every": _integer(0), "save_every": _integer(0),
     "nonfinite_patience": _integer(1), "early_stopping_patience": _integer(0),
     "seed": _integer(0, MAX_SEED),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from medtune.data import LETTERS, MCQExample
 from medtune.evaluation.calibration import calibration_line, calibration_metrics, scale_logprobs, top_confidence
+from medtune.evaluation.prefix import Prefix, collate_suffixes, prefix_for, token_batches
 from medtune.evaluation.selective import selective_metrics
 from medtune.prompts import PromptTemplate
 from medtune.tokenization import collate_prompts, encode_prompt, letter_token_ids, pad_token_id
@@ -36,10 +37,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def choice_logprobs(
     model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
-    progress: bool = False,
+    progress: bool = False, batch_tokens: int | None = None, stats: dict | None = None,
 ) -> torch.Tensor:
     """Log-probabilities of each option's continuation (`template.choice_texts`), normalized over the
     example's options.
+
+    Batches are formed longest first under a budget of padded tokens (`evaluation.prefix.token_batches`:
+    `batch_tokens`, by default `batch_size` x the longest prompt). With few-shot exemplars, the token prefix
+    every prompt shares is run once and its KV cache reused for every batch (`evaluation.prefix`); the scores
+    equal the uncached path's (fp32: within 1e-4, tests/test_prefix_cache.py). 0-shot prompts take the plain
+    path. `stats`, when given, is filled with the token counts (`_scoring_stats`).
 
     Returns float32 [n_examples, 5] on the CPU; columns past an example's option count are -inf; for harness
     PubMedQA columns A/B/C are yes/no/maybe. Single-token options are scored by fp32 logits (`letter_logits`);
@@ -53,13 +60,14 @@ def choice_logprobs(
                   for text in template.choice_texts(example)] for example in examples]
         choice_ids = _shared_single_tokens(pairs)
         if choice_ids is None:
-            return _summed_logprobs(model, tokenizer, pairs, batch_size, progress)
+            return _summed_logprobs(model, tokenizer, pairs, batch_size, progress, batch_tokens,
+                                    bool(template.fewshot), stats)
         prompts = [choices[0][0] for choices in pairs]  # the context ids, as the harness splits them
     else:  # the run's own prompt: each letter must be one token after it (checked, else a sentence)
         choice_ids = letter_token_ids(tokenizer, template, len(LETTERS), sample=examples[0])
         prompts = [encode_prompt(tokenizer, template, example) for example in examples]
     return _single_token_logprobs(model, tokenizer, prompts, choice_ids, [len(e.options) for e in examples],
-                                  batch_size, progress)
+                                  batch_size, progress, batch_tokens, bool(template.fewshot), stats)
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
@@ -91,29 +99,53 @@ def _shared_single_tokens(pairs: list[list[tuple[list[int], list[int]]]]) -> lis
 
 
 def _single_token_logprobs(model, tokenizer, prompts: list[list[int]], choice_ids: list[int], counts: list[int],
-                           batch_size: int, progress: bool) -> torch.Tensor:
-    """One forward pass per prompt; the options' fp32 logits at its last position, log-softmaxed over the
-    example's `counts[i]` options: [n, 5]."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+                           batch_size: int, progress: bool, batch_tokens: int | None = None,
+                           share_prefix: bool = False, stats: dict | None = None) -> torch.Tensor:
+    """One forward pass per prompt (after the shared prefix, when `share_prefix` and there is one); the
+    options' fp32 logits at its last position, log-softmaxed over the example's `counts[i]` options: [n, 5]."""
     device, pad = model_device(model), pad_token_id(tokenizer)
     ids = torch.tensor(choice_ids, device=device)
     scores = torch.full((len(prompts), len(LETTERS)), -math.inf)
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
-        rows = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in rows], pad).items()}
+    prefix = prefix_for(model, prompts, [1] * len(prompts)) if share_prefix else None
+    # whole lengths, prefix included, even when it is cached: each row of a batch holds its own copy of the
+    # prefix's keys and values, so the budget bounds memory as it does without the cache
+    batches = token_batches([len(p) for p in prompts], batch_size, batch_tokens)  # similar lengths together
+    for rows in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+        batch = _model_inputs(prefix, [prompts[i] for i in rows], pad, device)
         letters = letter_logits(model, batch, ids).cpu()  # [batch, n_choices] fp32
         for row, index in enumerate(rows):
             k = counts[index]
             scores[index, :k] = torch.log_softmax(letters[row, :k], dim=-1)
     model.train(was_training)
+    _scoring_stats(stats, prompts, batches, prefix)
     return scores
 
 
+def _model_inputs(prefix: Prefix | None, rows: list[list[int]], pad: int, device) -> dict:
+    """A batch's model inputs: the whole rows left-padded, or their suffixes after the cached prefix."""
+    if prefix is None:
+        return {k: v.to(device) for k, v in collate_prompts(rows, pad).items()}
+    return collate_suffixes(prefix, [ids[prefix.length:] for ids in rows], pad, device)
+
+
+def _scoring_stats(stats: dict | None, rows: list[list[int]], batches: list[list[int]], prefix: Prefix | None):
+    """Fill `stats`: prompt_tokens (every row's tokens), computed_tokens (the tokens the model ran: the prefix
+    once, then the suffixes), padded_tokens (including the padding), the batches and the cached prefix's length."""
+    if stats is None:
+        return
+    cut = prefix.length if prefix else 0
+    stats.update(prompt_tokens=sum(map(len, rows)), computed_tokens=cut + sum(len(ids) - cut for ids in rows),
+                 padded_tokens=cut + sum(len(batch) * (len(rows[batch[0]]) - cut) for batch in batches),
+                 batches=len(batches), cached_prefix_tokens=cut)
+
+
 def _summed_logprobs(model, tokenizer, pairs: list[list[tuple[list[int], list[int]]]], batch_size: int,
-                     progress: bool) -> torch.Tensor:
-    """Options of several tokens: each (context + option) is one row, `batch_size` rows a pass; an option's
+                     progress: bool, batch_tokens: int | None = None, share_prefix: bool = False,
+                     stats: dict | None = None) -> torch.Tensor:
+    """Options of several tokens: each (context + option) is one row, batched by `token_batches` (after the
+    shared prefix, when `share_prefix` and there is one); an option's
     score is the sum of its tokens' log-probabilities (fp32 log-softmax over the vocabulary), then the
     example's options are normalized against each other: [n, 5].
 
@@ -121,15 +153,17 @@ def _summed_logprobs(model, tokenizer, pairs: list[list[tuple[list[int], list[in
     tokens are predicted at the last len(option) positions, which left padding puts in the last columns."""
     rows = [(i, j, context + option[:-1], option) for i, choices in enumerate(pairs)
             for j, (context, option) in enumerate(choices)]
-    rows.sort(key=lambda row: -len(row[2]))
+    inputs = [row[2] for row in rows]
     device, pad = model_device(model), pad_token_id(tokenizer)
     summed = torch.full((len(pairs), len(LETTERS)), -math.inf, dtype=torch.float64)
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, len(rows), batch_size), desc="scoring", unit="batch", disable=not progress):
-        chunk = rows[start : start + batch_size]
+    prefix = prefix_for(model, inputs, [len(row[3]) for row in rows]) if share_prefix else None
+    batches = token_batches([len(ids) for ids in inputs], batch_size, batch_tokens)
+    for indices in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+        chunk = [rows[index] for index in indices]
         keep = max(len(option) for *_, option in chunk)
-        batch = {k: v.to(device) for k, v in collate_prompts([inputs for _, _, inputs, _ in chunk], pad).items()}
+        batch = _model_inputs(prefix, [inputs[index] for index in indices], pad, device)
         logits = model(**batch, logits_to_keep=keep, use_cache=False).logits[:, -keep:]  # [batch, keep, vocab]
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model's dtype
         for row, (i, j, _, option) in enumerate(chunk):
@@ -137,6 +171,7 @@ def _summed_logprobs(model, tokenizer, pairs: list[list[tuple[list[int], list[in
             picked = logprobs[row, keep - len(option):].gather(-1, targets[:, None])  # [len(option), 1]
             summed[i, j] = picked.sum().item()
     model.train(was_training)
+    _scoring_stats(stats, inputs, batches, prefix)
     scores = torch.full((len(pairs), len(LETTERS)), -math.inf)
     for i, choices in enumerate(pairs):
         scores[i, : len(choices)] = torch.log_softmax(summed[i, : len(choices)], dim=-1).float()
@@ -260,16 +295,17 @@ def _warnings(n: int, correct: int, predicted_counts: Counter, majority_letter: 
 
 def evaluate(
     model, tokenizer, template: PromptTemplate, examples: list[MCQExample], batch_size: int = 16,
-    progress: bool = True, temperature: float | None = None,
+    progress: bool = True, temperature: float | None = None, batch_tokens: int | None = None,
 ) -> tuple[dict, list[dict]]:
-    """(metrics, predictions) for labelled examples, scored by `choice_logprobs`.
+    """(metrics, predictions) for labelled examples, scored by `choice_logprobs` (`batch_tokens`: its token
+    budget per pass; metrics["scoring"]: the tokens it read, computed and padded, and the cached prefix).
 
     A question whose top letters tie exactly gets "pred": null and counts as wrong (`predicted_options`);
     metrics["ties"] says how many did. With a `temperature` (the run's calibration.json), each prediction adds
     "probs_calibrated" and metrics["calibration"] reports both; the letter is always the raw argmax (scaling by
     T never changes it). metrics["selective"] ranks questions by the calibrated confidence when there is one."""
-    started = time.perf_counter()
-    logprobs = choice_logprobs(model, tokenizer, template, examples, batch_size, progress)
+    started, scoring = time.perf_counter(), {}
+    logprobs = choice_logprobs(model, tokenizer, template, examples, batch_size, progress, batch_tokens, scoring)
     seconds = time.perf_counter() - started
     predicted = predicted_options(logprobs, examples)
     predictions = [
@@ -290,7 +326,7 @@ def evaluate(
         top_confidence(calibrated if temperature is not None else logprobs),
         [p is not None and p == a for p, a in zip(predicted, answers)], "calibrated" if temperature else "raw")
     metrics.update(mode="scored", prompt_format=template.format, task=template.task, fewshot=fewshot_record(template),
-                   ties=predicted.count(None),
+                   ties=predicted.count(None), scoring=scoring,
                    tie_rule="a question whose top letters tie exactly is counted wrong", seconds=round(seconds, 3),
                    questions_per_second=round(len(examples) / seconds, 2) if seconds else None)
     return metrics, predictions
@@ -410,7 +446,7 @@ def check_output(output: Path, overwrite: bool = False) -> None:
 
 def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_size: int = 16,
                     data: dict | None = None, generative_tokens: int | None = None, overwrite: bool = False,
-                    permutations: str | None = None) -> dict:
+                    permutations: str | None = None, batch_tokens: int | None = None) -> dict:
     """Score `examples` with an `Answerer`'s model and prompt; write predictions.jsonl and metrics.json
     under `output` and print a one-line summary. Used by `medtune eval` and the quickstart.
 
@@ -425,7 +461,7 @@ def evaluate_to_dir(answerer, examples: list[MCQExample], output: Path, batch_si
     permute = check_permutations(permutations, answerer.template)  # a refusal before minutes of scoring
     temperature = getattr(answerer, "temperature", None)  # the run's calibration.json; None for a bare model
     metrics, predictions = evaluate(answerer.model, answerer.tokenizer, answerer.template, examples, batch_size,
-                                    temperature=temperature)
+                                    temperature=temperature, batch_tokens=batch_tokens)
     metrics["calibration"]["temperature_file"] = answerer.description.get("calibration")
     metrics["model"] = answerer.description
     output.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,8 @@ class PlanInput:
     weights_dtype: str | None = None  # base weights' storage; None: `dtype` (as the trainer loads them)
     batch_size: int = 4
     seq_len: int = 512
-    gradient_checkpointing: bool = False
+    # False/0: off; True/1: every decoder layer; n: every n-th one (layers 0, n, 2n, ... as transformers counts)
+    gradient_checkpointing: bool | int = False
     optimizer: str = "adamw"  # adamw | adamw8bit | sgd
     lora_r: int = 16
     lora_target_modules: tuple[str, ...] = DEFAULT_TARGETS  # or ("all-linear",), PEFT's shorthand
@@ -312,20 +313,27 @@ def _autocast_weight_copies(shape: ModelShape, inp: PlanInput) -> int:
     return cast * DTYPE_BYTES[inp.dtype]
 
 
+def checkpointed_layers(num_layers: int, every: bool | int) -> int:
+    """How many of `num_layers` decoder layers checkpointing every `every`-th one covers (0: off): layers 0, n,
+    2n, ..., as transformers' activation_checkpointing_enable(every_n_layers=n) picks them."""
+    return 0 if not every else math.ceil(num_layers / int(every))
+
+
 def _activation_bytes(shape: ModelShape, inp: PlanInput) -> int:
     """Tensors kept for backward: every layer's, the final norm's fp32 copy, autocast weight copies.
 
-    With checkpointing only each layer's input [batch, seq, hidden] (in the weights' dtype, like the
-    residual stream) is kept, and one layer at a time is recomputed in full during backward.
+    A checkpointed layer keeps only its input [batch, seq, hidden] (in the weights' dtype, like the residual
+    stream) and its autocast copies only while it is recomputed; the other layers keep everything. During
+    backward one checkpointed layer at a time is recomputed in full, while the layers below it still hold theirs.
     """
     tokens = inp.batch_size * inp.seq_len
     per_layer = tokens * layer_saved_bytes_per_token(shape, inp)
-    copies = _autocast_weight_copies(shape, inp)
-    if inp.gradient_checkpointing:
-        inputs = tokens * shape.num_layers * shape.hidden * DTYPE_BYTES[_weights_dtype(inp)]
-        kept = inputs + per_layer + copies // shape.num_layers
-    else:
-        kept = shape.num_layers * per_layer + copies
+    copies, layers = _autocast_weight_copies(shape, inp), shape.num_layers
+    checkpointed = checkpointed_layers(layers, inp.gradient_checkpointing)
+    kept = (layers - checkpointed) * per_layer + copies * (layers - checkpointed) // layers
+    if checkpointed:
+        inputs = tokens * checkpointed * shape.hidden * DTYPE_BYTES[_weights_dtype(inp)]
+        kept += inputs + per_layer + copies // layers
     return kept + tokens * (4 * shape.hidden + 4)
 
 
@@ -402,13 +410,97 @@ def _advice(inp: PlanInput) -> list[str]:
 
 def _describe_change(old: PlanInput, new: PlanInput) -> str:
     changes = [f"use --method {new.method}"] if new.method != old.method else []
-    if new.gradient_checkpointing and not old.gradient_checkpointing:
-        changes.append("enable --gradient-checkpointing")
+    if new.gradient_checkpointing == 1 and old.gradient_checkpointing != 1:
+        changes.append("checkpoint every decoder layer (--gradient-checkpointing true)")
     if new.batch_size != old.batch_size:
         changes.append(f"use --batch-size {new.batch_size} with {new.gradient_accumulation_steps} "
                        "gradient accumulation steps (same effective batch)")
     text = "; ".join(changes) or "keep these settings"
     return text[0].upper() + text[1:]
+
+
+# ---------------------------------------------------------------- the trainer's memory decision
+
+
+@dataclass(frozen=True)
+class MemoryDecision:
+    """What `gradient_checkpointing: auto` and `quantize: auto` resolve to for one setting, and why."""
+
+    checkpointing: int  # 0: off; 1: every decoder layer; n: every n-th one
+    quantization: str  # none | 4bit | 8bit
+    plan: MemoryPlan  # the chosen setting's plan (its input is the setting the trainer runs)
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"gradient_checkpointing": self.checkpointing,
+                "checkpointing": describe_checkpointing(self.checkpointing), "quantization": self.quantization,
+                "total_bytes": self.plan.total, "memory_budget_bytes": self.plan.input.device_memory_bytes,
+                "fits": self.plan.fits, "reason": self.reason}
+
+
+def describe_checkpointing(every: bool | int) -> str:
+    """0 -> 'off', 1 -> 'every decoder layer', 3 -> 'every 3rd decoder layer'."""
+    every = int(every)
+    if every <= 1:
+        return "every decoder layer" if every else "off"
+    suffix = "th" if every % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(every % 10, "th")
+    return f"every {every}{suffix} decoder layer"
+
+
+def _memory_steps(layers: int, checkpointing, quantize: str) -> list[tuple[str, int]]:
+    """(quantization, checkpoint every n) from the cheapest in time to the leanest in memory: checkpointing off,
+    every n-th layer from the largest n down (fewer layers recomputed), every layer, and only then 4-bit QLoRA
+    (with every layer checkpointed). A setting the user gave is the only value tried for it."""
+    # n >= layers checkpoints layer 0 alone, which saves nothing: its recompute needs what it freed
+    every = [0, *range(layers - 1, 1, -1), 1] if checkpointing == "auto" else [int(checkpointing)]
+    if quantize != "auto":
+        return [(quantize, n) for n in every]
+    return [("none", n) for n in every] + [("4bit", every[-1])]
+
+
+def _setting_label(inp: PlanInput) -> str:
+    weights = f"{inp.quantization} QLoRA" if inp.method == "qlora" else (
+        "full fine-tuning" if inp.method == "full" else f"{inp.dtype} LoRA")
+    return f"{weights} with checkpointing {describe_checkpointing(inp.gradient_checkpointing)}"
+
+
+def choose_memory(inp: PlanInput, checkpointing: str | bool | int = "auto", quantize: str = "auto") -> MemoryDecision:
+    """The checkpointing and quantization a run of `inp` uses, planned against `inp.device_memory_bytes`.
+
+    `checkpointing` is "auto", a bool or n (every n-th decoder layer); `quantize` auto | none | 4bit | 8bit. An
+    explicit value wins and the plan only states whether it fits; an "auto" one takes the first step of
+    `_memory_steps` that fits, or the leanest when none does (the plan's advice then says what else to change).
+    Without a budget nothing is known to be short, so the first step is taken. Pure: no hardware is asked.
+    """
+    targets = tuple(inp.lora_target_modules) if inp.method != "full" else ()
+    layers = model_shape(inp.model, inp.lora_r, targets).num_layers
+    settings = [replace(inp, gradient_checkpointing=every, **(
+        {"method": "qlora", "quantization": quant} if quant != "none" else {}))
+        for quant, every in _memory_steps(layers, checkpointing, quantize)]
+    plans = [_plan(setting) for setting in settings]
+    chosen = next((plan for plan in plans if plan.fits), plans[-1] if plans[0].fits is False else plans[0])
+    asked = "auto" in (checkpointing, quantize)
+    budget = inp.device_memory_bytes
+    label, total = _setting_label(chosen.input), human_bytes(chosen.total)
+    if budget is None:
+        reason = f"no memory budget is known for this device, so {label} ({total} planned)"
+    elif not chosen.fits and len(plans) > 1:
+        reason = f"nothing tried fits {human_bytes(budget)}: {label} needs {total}"
+    elif not chosen.fits:
+        reason = f"the memory plan says {label} does not fit {human_bytes(budget)}: it needs {total}"
+    elif chosen is plans[0]:
+        reason = f"the memory plan says {label} fits: {total} of {human_bytes(budget)}"
+    else:
+        reason = (f"the memory plan says {_setting_label(plans[0].input)} needs {human_bytes(plans[0].total)}, "
+                  f"more than {human_bytes(budget)}; {label} fits: {total}")
+    quantization = chosen.input.quantization if chosen.input.method == "qlora" else "none"
+    return MemoryDecision(checkpointing=int(chosen.input.gradient_checkpointing), quantization=quantization,
+                          plan=estimate(chosen.input), reason=("auto: " if asked else "as asked: ") + reason)
+
+
+def checkpointing_setting(value) -> bool | int:
+    """A config's gradient_checkpointing as the planner takes it: "auto" plans the run as given (off)."""
+    return False if value == "auto" else value
 
 
 def human_bytes(n: int) -> str:
@@ -422,7 +514,7 @@ def format_plan(plan: MemoryPlan) -> str:
     weights = f"{inp.quantization} + fp32" if inp.method == "qlora" else _weights_dtype(inp)
     lines = [f"Memory plan for {inp.model}",
              f"  {inp.method}, {inp.dtype} compute, {weights} weights, batch {inp.batch_size} x "
-             f"{inp.seq_len} tokens, checkpointing {'on' if inp.gradient_checkpointing else 'off'}, "
+             f"{inp.seq_len} tokens, checkpointing {describe_checkpointing(inp.gradient_checkpointing)}, "
              f"{inp.optimizer}, device {inp.device}",
              f"  parameters: {plan.total_params:,} total, {plan.trainable_params:,} trainable "
              f"({100 * plan.trainable_share:.2f}%)", ""]
@@ -441,6 +533,17 @@ def parse_memory_size(text: str) -> int:
     if not unit:
         raise ValueError(f"Cannot read {text!r} as a memory size; write e.g. 80GiB, 24GB or 1000000.")
     return int(float(match.group(1)) * unit)
+
+
+def _checkpointing_arg(text: str) -> str | bool | int:
+    """--gradient-checkpointing's value: auto, true/false (on/off) or N (every N-th decoder layer)."""
+    words = {"auto": "auto", "true": True, "on": True, "false": False, "off": False}
+    if text.lower() in words:
+        return words[text.lower()]
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a checkpointing setting; write auto, true, false or N >= 1 "
+                                     "(every N-th decoder layer).")
 
 
 def _memory_arg(text: str) -> int:
@@ -503,7 +606,8 @@ def input_from_config(config: dict, dtype: str, device: str, device_memory_bytes
         model=str(values["model"]), method="qlora" if quantized else values.get("method", "lora"),
         quantization=quantization if quantized else "4bit", dtype=dtype,
         batch_size=int(values["batch_size"]), seq_len=int(lengths.pop("seq_len", values["max_seq_len"])),
-        gradient_checkpointing=bool(values["gradient_checkpointing"]), optimizer=values.get("optimizer", "adamw"),
+        gradient_checkpointing=checkpointing_setting(values["gradient_checkpointing"]),
+        optimizer=values.get("optimizer", "adamw"),
         lora_r=int(values["lora_r"]), lora_dropout=float(values["lora_dropout"]),
         lora_target_modules=tuple(targets.split(",")) if isinstance(targets, str) else tuple(targets),
         gradient_accumulation_steps=int(values["grad_accum"]), device_memory_bytes=device_memory_bytes,
@@ -527,6 +631,8 @@ def input_from_run(run_dir: str | Path, device_memory_bytes: int | None = None) 
     lengths = _lengths_from_metrics(Path(run_dir), rows_per_step)
     # config may say "auto" for dtype and quantize; the manifest records what the run resolved them to
     quantization = manifest.get("quantization") or (manifest.get("base_model") or {}).get("quantization", "none")
+    if "gradient_checkpointing" in manifest:  # what "auto" resolved to in that run
+        config["gradient_checkpointing"] = manifest["gradient_checkpointing"]
     return input_from_config({"grad_accum": 1, **config}, dtype=str(manifest.get("dtype", config.get("dtype"))),
                              device=str(manifest.get("device", "cpu")), device_memory_bytes=device_memory_bytes,
                              quantization=quantization, attention=manifest.get("attention"), **lengths)
@@ -558,17 +664,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     train = TrainConfig()
     parser.add_argument("--model", help="Hub id, model folder or config.json (required unless --from-run)")
-    parser.add_argument("--method", choices=CHOICES["method"], default="lora", help="qlora: 4-bit NF4 base")
+    parser.add_argument("--method", choices=CHOICES["method"],
+                        help="qlora: 4-bit NF4 base (default: LoRA, and 4-bit QLoRA only when the memory plan says "
+                             "16-bit does not fit even with every layer checkpointed, as `medtune train` decides)")
     parser.add_argument("--dtype", choices=("auto", *CHOICES["dtype"]), default="auto",
                         help="compute dtype (default auto: the trainer's choice for --device, without its probe)")
     parser.add_argument("--batch-size", type=int, default=train.batch_size)
     parser.add_argument("--seq-len", type=int, default=train.max_seq_len, help="tokens per example")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
-                        default=train.gradient_checkpointing)
+    parser.add_argument("--gradient-checkpointing", type=_checkpointing_arg, nargs="?", const=True,
+                        default=train.gradient_checkpointing, metavar="auto|true|false|N",
+                        help="default auto: off when the run fits, else every N-th decoder layer (the largest N "
+                             "that fits), else every layer, as `medtune train` decides")
     parser.add_argument("--optimizer", choices=CHOICES["optimizer"], default="adamw")
     parser.add_argument("--lora-r", type=int, default=train.lora_r)
     parser.add_argument("--lora-dropout", type=float, default=train.lora_dropout)
-    parser.add_argument("--device-memory", type=_memory_arg, help="e.g. 80GiB, 24GB or bytes")
+    parser.add_argument("--device-memory", "--memory-budget", dest="device_memory", type=_memory_arg,
+                        help="e.g. 80GiB, 24GB or bytes (default: the GPU's memory, or the memory available now on "
+                             "the CPU, as `medtune train` plans)")
     parser.add_argument("--device", choices=("auto", *CHOICES["device"]), default="auto",
                         help="which runtime overhead applies (default auto: this machine's, as the trainer picks)")
     parser.add_argument("--attention", choices=CHOICES["attention"],
@@ -596,29 +708,53 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
+def _budget(inp: PlanInput, given: int | None) -> PlanInput:
+    """The budget the trainer would plan against: the one given, else this machine's for `inp.device` (a GPU's
+    memory, or the memory available now on the CPU; none for a GPU this machine lacks)."""
+    from medtune.device import memory_budget
+
+    return replace(inp, device_memory_bytes=given if given is not None else memory_budget(inp.device))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print the plan for parsed `args`; 0 on success, 2 with a sentence on stderr when it cannot."""
+    """Print the plan for parsed `args` (with the trainer's checkpointing and quantization decision, unless
+    --from-run); 0 on success, 2 with a sentence on stderr when it cannot."""
+    decision = None
     try:
         if args.from_run:
             inp = input_from_run(args.from_run, args.device_memory)
         elif args.config:
+            from medtune.config import load_config
+
+            config = load_config(args.config)
             inp = input_from_config_file(args.config, args.device, args.device_memory, args.attention)
+            given = args.device_memory if args.device_memory is not None else (
+                parse_memory_size(config.memory_budget) if config.memory_budget else None)
+            decision = choose_memory(_budget(inp, given), config.gradient_checkpointing, config.quantize)
         elif str(args.model).endswith((".yaml", ".yml")):
             raise ValueError(f"{args.model} is a training config, not a model: plan it with --config {args.model}")
         elif args.model:
             device, dtype = resolve_device_dtype(args.device, args.dtype)
-            setting = {"model": args.model, "method": args.method, "batch_size": args.batch_size,
-                       "max_seq_len": args.seq_len, "gradient_checkpointing": args.gradient_checkpointing,
-                       "optimizer": args.optimizer, "lora_r": args.lora_r, "lora_dropout": args.lora_dropout,
-                       "grad_accum": 1}
-            inp = input_from_config(setting, dtype, device, args.device_memory,
-                                    quantization="4bit" if args.method == "qlora" else "none",
-                                    attention=args.attention)
+            setting = {"model": args.model, "method": "lora" if args.method in (None, "qlora") else args.method,
+                       "batch_size": args.batch_size, "max_seq_len": args.seq_len, "optimizer": args.optimizer,
+                       "lora_r": args.lora_r, "lora_dropout": args.lora_dropout, "grad_accum": 1}
+            inp = input_from_config(setting, dtype, device, args.device_memory, attention=args.attention)
+            quantize = {None: "auto", "qlora": "4bit"}.get(args.method, "none")
+            decision = choose_memory(_budget(inp, args.device_memory), args.gradient_checkpointing, quantize)
         else:
             raise ValueError("medtune plan needs --model, --config or --from-run.")
-        plan = estimate(inp)
+        plan = decision.plan if decision else estimate(inp)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    if args.json:
+        print(json.dumps(plan.to_dict() | ({"decision": decision.to_dict()} if decision else {}), indent=2))
+    else:
+        print(format_plan(plan) + (f"\n{format_decision(decision)}" if decision else ""))
     return 0
+
+
+def format_decision(decision: MemoryDecision) -> str:
+    """The decision as `medtune train` logs it and the manifest records it."""
+    return (f"  decision: checkpointing {describe_checkpointing(decision.checkpointing)}, quantization "
+            f"{decision.quantization}\n  reason: {decision.reason}")

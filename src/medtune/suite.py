@@ -8,12 +8,14 @@ The steps, in the order `run_suite` takes them:
     (the model is loaded only now: reading the data takes seconds, a model minutes, so a bad --source fails fast)
     score_task        one task scored exactly as `medtune eval` scores it -> DIR/<task>/{metrics.json,predictions.jsonl}
     suite_summary     DIR/suite.json: per-task n, accuracy, ci95, baselines; the weighted and macro averages;
-                      the skipped tasks; the questions shared by several tasks (the averages count them twice)
+                      the skipped tasks; the questions shared by several tasks (the averages count them twice);
+                      "throughput": per-task questions/s and MFU (`task_throughput`)
     format_table      the printed table
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -21,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from medtune.data import MCQExample
 from medtune.evaluate import check_output, evaluate_to_dir
@@ -155,7 +159,7 @@ def task_template(template, task_name: str, fewshot: tuple[list[MCQExample], str
 
 
 def score_task(answerer, task_name: str, rows: TaskRows, output: Path, batch_size: int, overwrite: bool,
-               permutations: str | None = None) -> dict:
+               permutations: str | None = None, batch_tokens: int | None = None) -> dict:
     """Score one task as `medtune eval --data` does (`evaluate_to_dir`), with that task's prompt. With
     `permutations`, a task whose prompt gives the option order no meaning (harness PubMedQA) is scored without
     them, and a line says why, rather than stopping the suite."""
@@ -169,7 +173,57 @@ def score_task(answerer, task_name: str, rows: TaskRows, output: Path, batch_siz
         print(f"{task_name}: scored without --permutations: {unpermutable(template)}")
         permutations = None
     return evaluate_to_dir(for_task, rows.examples, output / task_name, batch_size, data=rows.data,
-                           overwrite=overwrite, permutations=permutations)
+                           overwrite=overwrite, permutations=permutations, batch_tokens=batch_tokens)
+
+
+# ---------------------------------------------------------------- throughput
+
+
+@functools.cache
+def measured_peak_flops(device_type: str, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """The best FLOP/s of a square matmul in `dtype` on this device (once per process): MFU's denominator,
+    measured rather than read off a datasheet, so a CPU shared with other work is judged by what it can do now."""
+    size = 4096 if device_type == "cuda" else 1024
+    a = torch.randn(size, size, dtype=dtype, device=device_type)
+    b = torch.randn(size, size, dtype=dtype, device=device_type)
+    sync = getattr(getattr(torch, device_type, None), "synchronize", lambda: None)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    a @ b
+    sync()
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def non_embedding_parameters(model) -> int:
+    """Parameters in every token's matmuls: all but the input embedding (a tied head runs on the scored
+    positions only, so it is not counted either)."""
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+def task_throughput(metrics: dict, parameters: int, peak: float | None) -> dict:
+    """A task's scoring speed: questions/s, the tokens read and computed (a cached few-shot prefix is computed
+    once) and MFU = 2 x non-embedding parameters x computed tokens / seconds / the measured peak."""
+    scoring, seconds = metrics.get("scoring") or {}, metrics.get("seconds")
+    computed = scoring.get("computed_tokens")
+    mfu = round(2 * parameters * computed / seconds / peak, 4) if seconds and computed and peak else None
+    return {"questions_per_second": metrics.get("questions_per_second"), "seconds": seconds,
+            "prompt_tokens": scoring.get("prompt_tokens"), "computed_tokens": computed,
+            "cached_prefix_tokens": scoring.get("cached_prefix_tokens"), "mfu": mfu}
+
+
+def suite_throughput(model, results: dict[str, dict]) -> dict:
+    """{"peak_flops", "non_embedding_parameters", "tasks": {task: `task_throughput`}} for suite.json."""
+    parameter = next(model.parameters())
+    dtype = parameter.dtype if parameter.dtype.is_floating_point else torch.float32
+    peak, parameters = measured_peak_flops(parameter.device.type, dtype), non_embedding_parameters(model)
+    return {"peak_flops": peak, "peak_dtype": str(dtype).removeprefix("torch."),
+            "non_embedding_parameters": parameters,
+            "tasks": {name: task_throughput(metrics, parameters, peak) for name, metrics in results.items()}}
 
 
 # ---------------------------------------------------------------- the summary
@@ -218,12 +272,16 @@ def suite_summary(suite: str, results: dict[str, dict], skipped: dict[str, str],
 
 def format_table(summary: dict) -> str:
     """The suite as a fixed-width table: one row per task, the two averages, then skips and shared questions."""
-    lines = [f"{'task':<28} {'n':>6} {'accuracy':>8}  {'95% CI':<13} {'random':>6} {'majority':>8}"]
+    lines = [f"{'task':<28} {'n':>6} {'accuracy':>8}  {'95% CI':<13} {'random':>6} {'majority':>8} "
+             f"{'q/s':>8} {'MFU':>6}"]
+    speeds = (summary.get("throughput") or {}).get("tasks", {})
     for name, row in summary["tasks"].items():
         low, high = row["ci95"]
-        baselines = row["baselines"]
+        baselines, speed = row["baselines"], speeds.get(name, {})
+        rate, mfu = speed.get("questions_per_second"), speed.get("mfu")
         lines.append(f"{name:<28} {row['n']:>6} {row['accuracy']:>8.3f}  {low:.3f}-{high:.3f}   "
-                     f"{baselines['random']:>6.3f} {baselines['majority']:>8.3f}")
+                     f"{baselines['random']:>6.3f} {baselines['majority']:>8.3f} "
+                     f"{rate if rate is not None else '-':>8} {f'{mfu:.1%}' if mfu is not None else '-':>6}")
     average = summary["average"]
     if average["weighted"] is not None:
         lines.append(f"{'average, weighted by n':<28} {summary['n']:>6} {average['weighted']:>8.3f}")
@@ -253,12 +311,13 @@ def check_suite_output(output: Path, tasks: tuple[str, ...], overwrite: bool) ->
 def run_suite(load_answerer: Callable, suite: str, output: Path, sources: list[str] | None = None,
               limit_per_task: int | None = None, batch_size: int = 16, overwrite: bool = False,
               num_fewshot: int = 0, run_dir: str | None = None, permutations: str | None = None,
-              **load_options) -> dict:
+              batch_tokens: int | None = None, **load_options) -> dict:
     """Score every task of `suite`; write DIR/<task>/ and DIR/suite.json; print the table; return the summary.
 
     `load_answerer()` returns the `Answerer`; it is called after the data is read (seconds) so a bad source
     fails before the model loads (minutes). `run_dir`: the run being scored, to warn about rows it trained on.
-    `load_options` go to `load_examples` (skip_invalid, answer_base). `permutations`: see `score_task`."""
+    `load_options` go to `load_examples` (skip_invalid, answer_base). `permutations`: see `score_task`;
+    `batch_tokens`: the token budget per forward pass (`evaluate.choice_logprobs`)."""
     tasks = suite_tasks(suite)
     paths = parse_sources(sources, suite)
     check_suite_output(output, tasks, overwrite)
@@ -266,14 +325,15 @@ def run_suite(load_answerer: Callable, suite: str, output: Path, sources: list[s
     warn_if_trained_on(run_dir, loaded)
     answerer = load_answerer()
     started = time.perf_counter()
-    results = {name: score_task(answerer, name, rows, output, batch_size, overwrite, permutations)
+    results = {name: score_task(answerer, name, rows, output, batch_size, overwrite, permutations, batch_tokens)
                for name, rows in loaded.items()}
     seconds = time.perf_counter() - started
     scored = sum(metrics["n"] for metrics in results.values())
     extra = {"sources": {name: source_label(name, paths.get(name)) for name in tasks},
              "limit_per_task": limit_per_task, "num_fewshot": num_fewshot, "prompt": prompt_note(answerer.template),
              "model": answerer.description, "seconds": round(seconds, 3),
-             "questions_per_second": round(scored / seconds, 2) if seconds else None}
+             "questions_per_second": round(scored / seconds, 2) if seconds else None,
+             "throughput": suite_throughput(answerer.model, results)}
     duplicates = cross_task_duplicates({name: rows.examples for name, rows in loaded.items()})
     summary = suite_summary(suite, results, skipped, duplicates, extra)
     output.mkdir(parents=True, exist_ok=True)

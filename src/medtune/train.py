@@ -59,7 +59,7 @@ from medtune.mixture import (
     mixture_weights,
     source_summaries,
 )
-from medtune.modeling import add_lora, count_parameters, load_base, model_config
+from medtune.modeling import add_lora, count_parameters, enable_checkpointing, load_base, model_config
 from medtune.parallel import (
     average_gradients,
     launched_processes,
@@ -68,6 +68,7 @@ from medtune.parallel import (
     shard_frozen_layers,
     wants_fsdp,
 )
+from medtune.plan import describe_checkpointing
 from medtune.prompts import template_for
 from medtune.rundir import RunDir, append_jsonl, write_json
 from medtune.tokenization import IGNORE, Encoded, PromptError, collate, encode_example, letter_token_ids, pad_token_id
@@ -243,7 +244,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
                          model_config(config.model, config.revision, config.trust_remote_code))
     seed_everything(config.seed, device.value)
     attention = select_attention(config.attention, device.value, dtype.value)
-    quantize = _choose_quantization(config, device.value, dtype.value, attention.value)
+    quantize, checkpoint_every, checkpointing_reason = _choose_memory(config, device.value, dtype.value,
+                                                                     attention.value)
     fsdp = wants_fsdp(config) and world > 1
     if fsdp and quantize.value != "none":
         raise HardwareError("fsdp cannot shard a 4-bit or 8-bit base; use one of them: --quantize none with fsdp, "
@@ -258,13 +260,11 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     if quantize.value != "none":  # QLoRA: norms to fp32, inputs that need gradients for checkpointing
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpoint_every > 0)
     template = template_for(tokenizer, config.prompt_format)
     data = _load_data(config, tokenizer, template, world, log)
-    if config.gradient_checkpointing:
-        # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated) to this
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+    if checkpoint_every:
+        enable_checkpointing(model, checkpoint_every)
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same initial adapter
     model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     if config.compile:
@@ -272,7 +272,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     trainable, total = count_parameters(model)
     log(f"model {config.model} ({info.kind}{', ' + info.note if info.note else ''}); LoRA trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); {device.value}, {dtype.value} "
-        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason}); attention {attention.value}"
+        f"({dtype.reason}); quantization {quantize.value} ({quantize.reason}); checkpointing "
+        f"{describe_checkpointing(checkpoint_every)} ({checkpointing_reason}); attention {attention.value}"
         + (f"; FSDP over {world} processes" if fsdp else ""))
 
     if fsdp:
@@ -418,6 +419,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
         "device": device.value, "device_reason": device.reason, "backend": backend(),
         "dtype": dtype.value, "dtype_reason": dtype.reason, "final_dtype": precision.dtype,
         "quantization": quantize.value, "quantization_reason": quantize.reason,
+        # 0: off, 1: every decoder layer, n: every n-th (`medtune plan --from-run` plans the run with it)
+        "gradient_checkpointing": checkpoint_every, "gradient_checkpointing_reason": checkpointing_reason,
         "attention": attention.value, "attention_reason": attention.reason,
         "processes": world, "fsdp": fsdp,
         "base_model": info.to_dict(),
@@ -463,22 +466,30 @@ def _fall_back(precision: Precision, model, optimizer, good: dict, step: int, gu
     return good["step"], dict(good["best"])
 
 
-def _choose_quantization(config: TrainConfig, device: str, dtype: str, attention: str) -> Choice:
-    """none/4bit/8bit: 'auto' asks the memory planner whether 16-bit LoRA fits the memory budget first
-    (config.memory_budget, else the GPU's memory or the host memory available now)."""
-    if config.quantize != "auto":
-        return select_quantization(config.quantize, device)
+def _choose_memory(config: TrainConfig, device: str, dtype: str, attention: str) -> tuple[Choice, int, str]:
+    """(quantization none/4bit/8bit with its reason, checkpoint every n-th decoder layer (0: off, 1: all), the
+    checkpointing's reason). plan.choose_memory decides against the memory budget (config.memory_budget, else the GPU's
+    memory or the host memory available now): checkpointing off, every n-th layer, every layer, then QLoRA; a
+    setting the user gave wins. Quantization still goes through select_quantization, which knows whether
+    bitsandbytes works here (when it does not, the run stays 16-bit with every layer checkpointed)."""
     from medtune.device import memory_budget
-    from medtune.plan import estimate, input_from_config, parse_memory_size
+    from medtune.plan import choose_memory, input_from_config, parse_memory_size
 
+    asked = config.quantize if config.quantize != "auto" else None
+    quantize = select_quantization(asked, device) if asked else None  # refuses a mode that cannot work here
     budget = parse_memory_size(config.memory_budget) if config.memory_budget else memory_budget(device)
     try:
-        plan = estimate(input_from_config(config.to_dict(), dtype, device, budget, attention=attention))
+        inp = input_from_config(config.to_dict(), dtype, device, budget, attention=attention,
+                                quantization=asked if asked in ("4bit", "8bit") else "none")
+        decision = choose_memory(inp, config.gradient_checkpointing, config.quantize)
     except ValueError as error:  # a GGUF file, a model without a Llama-style `layers` list, remote code, ...
         first_line = (str(error).splitlines() or [""])[0]
-        return Choice("none", f"auto: 16-bit LoRA, because the memory planner cannot read {config.model} "
-                              f"({first_line})")
-    return select_quantization("auto", device, plan.fits)
+        cannot = f"because the memory planner cannot read {config.model} ({first_line})"
+        every = 0 if config.gradient_checkpointing == "auto" else int(config.gradient_checkpointing)
+        return (quantize or Choice("none", f"auto: 16-bit LoRA, {cannot}"), every,
+                "asked for" if config.gradient_checkpointing != "auto" else f"auto: off, {cannot}")
+    quantize = quantize or select_quantization("auto", device, decision.quantization == "none")
+    return quantize, decision.checkpointing, decision.reason
 
 
 def _track_best(best: dict, accuracy: float | None, step: int) -> bool:

@@ -75,6 +75,7 @@ def compare_with_base(config: TrainConfig, run_dir: Path, device: str, log) -> d
     from medtune.answer import Answerer
     from medtune.evaluate import evaluate_to_dir
     from medtune.evaluation.compare import compare_evaluations
+    from medtune.modeling import fold_adapter
     from medtune.rundir import write_json
 
     if not (config.eval_data and config.compare_base):
@@ -83,10 +84,13 @@ def compare_with_base(config: TrainConfig, run_dir: Path, device: str, log) -> d
     folder = Path(run_dir) / "eval"
     log(f"did it help? scoring the base model and the tuned run on the same {len(examples)} questions of "
         f"{report.source} (compare_base=false skips this)")
+    # Loaded unfolded, so the base side can disable the adapter; then folded for the tuned side, as eval folds it
+    # (a fold cannot be undone in place, and merge_adapter/unmerge would keep the slower LoRA wrappers).
     tuned = Answerer.from_run(run_dir, device, "auto", attention=config.attention,
-                              trust_remote_code=config.trust_remote_code)
+                              trust_remote_code=config.trust_remote_code, fold=False)
     with tuned.model.disable_adapter():
         evaluate_to_dir(base_of(tuned), examples, folder / "base", data=report.to_dict(), overwrite=True)
+    tuned.model, tuned.description["adapter_folded"] = fold_adapter(tuned.model)
     evaluate_to_dir(tuned, examples, folder / "tuned", data=report.to_dict(), overwrite=True)
     del tuned
     _free_memory()
@@ -104,7 +108,8 @@ def base_of(tuned):
     """The base side of the comparison: the tuned Answerer's model (to be used with its adapter disabled),
     described as the base, and without the run's temperature (it was fitted for the tuned model)."""
     base = copy.copy(tuned)
-    kept = {key: value for key, value in tuned.description.items() if key not in ("temperature", "calibration")}
+    dropped = ("temperature", "calibration", "adapter_folded")
+    kept = {key: value for key, value in tuned.description.items() if key not in dropped}
     base.description = {**kept, "adapter": None,
                         "adapter_disabled": "the run's base model: loaded with the run, scored with the LoRA "
                                             "adapter disabled"}

@@ -305,7 +305,8 @@ def _export_merged(run: RunDir, output: Path, dtype: str, max_shard_size: str, c
     if manifest["base_model"].get("quantization", "none") != "none":
         log(f"note: the run trained on a {manifest['base_model']['quantization']} base (QLoRA); the adapter is "
             "merged into the 16/32-bit base, and the check compares with the run scored on that base")
-    answerer = Answerer.from_run(run.root, device="cpu", dtype=load_dtype, quantize="none")
+    # unfolded: the run's own (unmerged) scores are what the merged checkpoint is checked against
+    answerer = Answerer.from_run(run.root, device="cpu", dtype=load_dtype, quantize="none", fold=False)
     template, examples = answerer.template, check_examples(check_data)
     run_probs = raw_probabilities(answerer.model, answerer.tokenizer, template, examples)
     merged = merge_adapter(answerer.model)
