@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -61,6 +62,26 @@ def original_row(i: int, cop: int = 0, **changes) -> dict:
            "exp": f"Because {i}.", "subject_name": "Anatomy", "topic_name": "Limbs"}
     row.update(changes)
     return row
+
+
+# The browser tests drive Debian's Chromium (never a browser downloaded by a test tool), one per test module.
+CHROMIUM = os.environ.get("MEDTUNE_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package with "
+                    "'apt-get install -y chromium' (or set MEDTUNE_CHROMIUM to its path)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="session")

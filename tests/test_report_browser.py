@@ -16,7 +16,6 @@ from medtune.evaluation.compare import compare
 from medtune.report import write_report
 from test_report import make_evaluation, make_suite
 
-CHROMIUM = os.environ.get("MEDTUNE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 DOCS = Path(__file__).parents[1] / "docs"
 
@@ -35,22 +34,6 @@ def report(request, tmp_path_factory) -> Path:
     old = make_evaluation(folder / "old-eval", seed=3, skill=0.3, extras=False)  # its "not measured" lines
     suite = make_suite(folder / "suite", seed=10, skill=0.4)
     return write_report([run, old, suite], folder / "out" / "report.html")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package with "
-                    "'apt-get install -y chromium' (or set MEDTUNE_CHROMIUM to its path)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
 
 
 def test_report_loads_offline_with_every_figure(browser, report):

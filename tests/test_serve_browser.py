@@ -2,7 +2,6 @@
 page served by a real `medtune serve` process on loopback. Saves tests/artifacts/serve-page.png."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 
 from medtune.answer import Answerer
 
-CHROMIUM = os.environ.get("MEDTUNE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SERVE = [sys.executable, "-m", "medtune.cli", "serve"]
 MAX_NEW_TOKENS = 12
@@ -59,22 +57,6 @@ def _wait_healthy(url: str, process: subprocess.Popen, log, seconds: float = 120
             pass
         time.sleep(0.2)
     pytest.fail(f"medtune serve was not healthy within {seconds:.0f} s")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package with "
-                    "'apt-get install -y chromium' (or set MEDTUNE_CHROMIUM to its path)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
