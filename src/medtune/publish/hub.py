@@ -40,7 +40,7 @@ from medtune.publish.card import (
     scrub,
     write_card,
 )
-from medtune.rundir import RunDir
+from medtune.rundir import RunDir, write_json
 
 # A merged export's model files, by name pattern; anything else in the folder stays home.
 MERGED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
@@ -130,7 +130,7 @@ def _copy_json(source: Path, target: Path) -> None:
 
 def _write_json(path: Path, values: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, values)  # the run's own writer: no NaN reaches a published file
 
 
 def _check_staged(staging: Path, files: list[Path], roots: list[str]) -> None:
