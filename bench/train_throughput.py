@@ -9,7 +9,12 @@ the whole input (no masking), max length 256 with truncation, DataCollatorForSeq
 8, batch 4 x accumulation 4, gradient checkpointing on, adamw_torch, lr 2e-4 cosine with 5% warmup.
 medtune runs the same LoRA settings, the same effective batch (16) and max length, with its own loop: loss on
 answer + explanation only, the output projection on supervised positions only, length-sorted micro-batches,
-no gradient checkpointing.
+no gradient checkpointing unless asked.
+
+Peak memory is the process's peak RSS through training (model load included, the held-out scoring after it not).
+`--variant` adds more medtune workers to the same run (other micro-batch, checkpointing or memory budget), and
+`--peer trl` adds TRL's SFTTrainer twice: with medtune's settings exactly, and with its defaults beside
+`medtune train`'s defaults (bench/trl_peer.py).
 """
 
 from __future__ import annotations
@@ -81,10 +86,53 @@ def run_seed(args) -> dict:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+        training_rss = peak_rss_bytes()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
         loss, accuracy = answer_token_loss(model, tokenizer, PromptTemplate(format="harness"), held_out)
-    return _result("seed-style HF Trainer", train, tokens, seconds, loss, accuracy, peak_rss_bytes(),
-                   non_embedding_parameters(model.get_base_model()), args, tokenizer)
+    return _result("seed-style HF Trainer", train, tokens, seconds, loss, accuracy, training_rss,
+                   non_embedding_parameters(model.get_base_model()), args, tokenizer,
+                   peak_rss_with_heldout_mib=round(peak_rss_bytes() / 2**20))
+
+
+def _variant(spec: str) -> dict:
+    """--variant's text, e.g. 'batch=2,checkpointing=2,memory_budget=2.3GB' -> TrainConfig keyword arguments."""
+    keys = {"batch": "batch_size", "checkpointing": "gradient_checkpointing", "memory_budget": "memory_budget"}
+    settings = {}
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if key not in keys or not value:
+            raise SystemExit(f"--variant {spec!r}: {part!r} is not key=value with a key among {', '.join(keys)}")
+        settings[keys[key]] = int(value) if key == "batch" else _checkpointing(value) if key == "checkpointing" \
+            else value
+    return settings
+
+
+def _checkpointing(text: str):
+    from medtune.plan import _checkpointing_arg
+
+    return _checkpointing_arg(text)
+
+
+def _medtune_config(args, scratch: str, train, **settings):
+    """A TrainConfig on exactly `train`'s rows: the recipe's settings (section 1), or `settings` over them."""
+    from medtune.config import TrainConfig
+
+    data = Path(scratch) / "train.jsonl"
+    source = (SHARED / "train-sample-original.jsonl").read_text().splitlines()
+    wanted = {e.id for e in train}
+    data.write_text("".join(line + "\n" for line in source if json.loads(line)["id"] in wanted))
+    # the same rows for every system: no dev or calibration slice carved out, no periodic evaluation or checkpoint
+    common = dict(model=args.model, data=str(data), output=str(Path(scratch) / "run"), epochs=args.epochs,
+                  dev_size=0, calibration_size=0, eval_every=0, save_every=0, device="cpu", dtype=args.dtype,
+                  skip_invalid=True, prompt_format=args.prompt_format)
+    if args.worker == "medtune-defaults":  # everything else as `medtune train` sets it
+        return TrainConfig(**common)
+    batch = settings.get("batch_size", args.batch_size)
+    recipe = dict(batch_size=batch, grad_accum=16 // batch, max_seq_len=256, learning_rate=2e-4, warmup_ratio=0.05,
+                  lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                  lora_target_modules=LORA["targets"], gradient_checkpointing=args.gradient_checkpointing,
+                  memory_budget=args.memory_budget, compile=args.compile)
+    return TrainConfig(**common, **{**recipe, **settings})
 
 
 def run_medtune(args) -> dict:
@@ -92,26 +140,16 @@ def run_medtune(args) -> dict:
     from common import answer_token_loss, non_embedding_parameters, peak_rss_bytes
 
     from medtune.answer import Answerer
-    from medtune.config import TrainConfig
     from medtune.train import train as medtune_train
 
     train, held_out = _examples(args)
+    variant = args.variant[int(args.worker.rsplit("-", 1)[1])] if args.worker.startswith("variant-") else ""
     with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "train.jsonl"
-        source = (SHARED / "train-sample-original.jsonl").read_text().splitlines()
-        wanted = {e.id for e in train}
-        data.write_text("".join(line + "\n" for line in source if json.loads(line)["id"] in wanted))
-        config = TrainConfig(
-            model=args.model, data=str(data), output=str(Path(scratch) / "run"), epochs=args.epochs,
-            batch_size=args.batch_size, grad_accum=16 // args.batch_size, max_seq_len=256, learning_rate=2e-4,
-            warmup_ratio=0.05, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-            lora_target_modules=LORA["targets"], dev_size=0, eval_every=0, save_every=0, device="cpu",
-            dtype=args.dtype, skip_invalid=True, prompt_format=args.prompt_format,
-            gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-        )
+        config = _medtune_config(args, scratch, train, **_variant(variant))
         start = time.perf_counter()
         run = medtune_train(config, progress=False)
         seconds = time.perf_counter() - start
+        training_rss = peak_rss_bytes()
         manifest = json.loads(run.manifest.read_text())
         answerer = Answerer.from_run(run.root, device="cpu", dtype="fp32")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
@@ -120,10 +158,18 @@ def run_medtune(args) -> dict:
     # Time spent loading the model and data is inside `seconds` for medtune and outside it for Trainer:
     # subtract medtune's own measured training-loop time instead.
     loop_seconds = manifest["training"]["seconds"]
-    return _result("medtune", train, manifest["training"]["tokens_seen"], loop_seconds, loss, accuracy,
-                   peak_rss_bytes(), non_embedding_parameters(base), args, answerer.tokenizer,
-                   wall_seconds=round(seconds, 2), attention=manifest["attention"],
-                   gradient_checkpointing=args.gradient_checkpointing, compile=args.compile)
+    name = {"medtune": "medtune", "medtune-defaults": "medtune (defaults)"}.get(args.worker, f"medtune ({variant})")
+    return _result(name, train, manifest["training"]["tokens_seen"], loop_seconds, loss, accuracy,
+                   training_rss, non_embedding_parameters(base), args, answerer.tokenizer,
+                   wall_seconds=round(seconds, 2), attention=manifest["attention"], worker=args.worker,
+                   settings={"batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                             "max_seq_len": config.max_seq_len, "lora_r": config.lora_r,
+                             "lora_target_modules": config.lora_target_modules,
+                             "gradient_checkpointing": config.gradient_checkpointing,
+                             "memory_budget": config.memory_budget, "compile": config.compile},
+                   gradient_checkpointing=manifest.get("gradient_checkpointing"),
+                   gradient_checkpointing_reason=manifest.get("gradient_checkpointing_reason"),
+                   peak_rss_with_heldout_mib=round(peak_rss_bytes() / 2**20))
 
 
 def run_trl(args) -> dict:
@@ -132,6 +178,9 @@ def run_trl(args) -> dict:
     from trl_peer import DEFAULTS, equal_settings, train_trl
 
     train, held_out = _examples(args)
+    if args.worker == "trl-equal" and not isinstance(args.gradient_checkpointing, bool):
+        raise SystemExit("--trl-mode equal needs --gradient-checkpointing true or false: TRL checkpoints every layer "
+                         "or none")
     settings = DEFAULTS if args.worker == "trl-defaults" else equal_settings(
         LORA, max_length=256, batch_size=args.batch_size, grad_accum=16 // args.batch_size, learning_rate=2e-4,
         warmup_ratio=0.05, gradient_checkpointing=args.gradient_checkpointing)
@@ -156,6 +205,13 @@ def _result(name, train, tokens, seconds, loss, accuracy, rss, n_params, args, t
             "dtype": args.dtype, **extra}
 
 
+def _versus(ours: dict, other: dict) -> dict:
+    """medtune's questions/s and peak memory as ratios of another system's, and its held-out loss minus the other's."""
+    return {"speedup_questions_per_second": round(ours["questions_per_second"] / other["questions_per_second"], 2),
+            "peak_rss_ratio": round(ours["peak_rss_mib"] / other["peak_rss_mib"], 2),
+            "heldout_loss_difference": round(ours["heldout_answer_token_loss"] - other["heldout_answer_token_loss"], 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="HF folder of the model (e.g. the cached SmolLM2 folder)")
@@ -167,30 +223,42 @@ def main() -> None:
     parser.add_argument("--prompt-format", default="harness", choices=["harness", "auto"],
                         help="medtune's prompt: 'harness' is the seed recipe's text exactly, so only the training "
                              "loops differ; 'auto' is medtune's default chat template")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="medtune with checkpointing too (the recipe always has it): memory for speed")
+    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, type=_checkpointing,
+                        metavar="auto|true|false|N",
+                        help="medtune's checkpointing (the recipe always checkpoints): alone it means true; N is "
+                             "every N-th decoder layer; auto lets the memory plan choose against --memory-budget")
+    parser.add_argument("--memory-budget", help="medtune's memory_budget, e.g. 2.3GB (the plan's device memory)")
+    parser.add_argument("--variant", action="append", default=[], metavar="SPEC",
+                        help="another medtune worker in the same run, over the settings above: comma-separated "
+                             "batch=N, checkpointing=auto|true|false|N, memory_budget=SIZE (repeatable)")
     parser.add_argument("--compile", action="store_true",
                         help="medtune with compile=true (torch.compile per decoder layer; compile time included)")
     parser.add_argument("--peer", choices=["trl"], action="append", default=[],
                         help="also train with TRL's SFTTrainer + PEFT (bench/trl_peer.py), in --trl-mode")
     parser.add_argument("--trl-mode", choices=["both", "defaults", "equal"], default="both",
                         help="with --peer trl: TRL's defaults, medtune's settings exactly, or both (default)")
-    parser.add_argument("--worker", choices=["seed", "medtune", "trl-defaults", "trl-equal"])
+    parser.add_argument("--worker", help="internal: the one system this subprocess trains")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.worker:
         from common import write_result
 
-        run = {"seed": run_seed, "medtune": run_medtune}.get(args.worker, run_trl)
+        run = run_seed if args.worker == "seed" else run_trl if args.worker.startswith("trl-") else run_medtune
         write_result(args.out, run(args))
         return
+    for spec in args.variant:
+        _variant(spec)  # a typo fails before the first worker starts
     import torch
     from common import peak_matmul_flops
 
     results = []
     trl_modes = ["defaults", "equal"] if args.trl_mode == "both" else [args.trl_mode]
-    peers = [f"trl-{mode}" for mode in trl_modes] if "trl" in args.peer else []
-    for worker in ("seed", "medtune", *peers):
+    peers = []
+    if "trl" in args.peer:  # each tool's defaults side by side, then medtune's settings on TRL
+        peers = (["medtune-defaults", "trl-defaults"] if "defaults" in trl_modes else []) + (
+            ["trl-equal"] if "equal" in trl_modes else [])
+    variants = [f"variant-{i}" for i in range(len(args.variant))]
+    for worker in ("seed", "medtune", *variants, *peers):
         part = f"{args.out}.{worker}.json"
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", worker, "--out", part], check=True)
         results.append(json.loads(Path(part).read_text()))
@@ -202,11 +270,13 @@ def main() -> None:
         result["mfu"] = round(4 * result["non_embedding_params"] * result["tokens_per_second"] / peak, 4)
     seed, ours = results[:2]
     summary["speedup_questions_per_second"] = round(ours["questions_per_second"] / seed["questions_per_second"], 2)
-    for peer in results[2:]:  # medtune against each TRL mode: questions/s and peak memory ratios
-        summary[f"vs_{peer['mode']}"] = {
-            "speedup_questions_per_second": round(ours["questions_per_second"] / peer["questions_per_second"], 2),
-            "peak_rss_ratio": round(ours["peak_rss_mib"] / peer["peak_rss_mib"], 2),
-            "heldout_loss_difference": round(ours["heldout_answer_token_loss"] - peer["heldout_answer_token_loss"], 4)}
+    by_worker = {result.get("worker", result.get("mode")): result for result in results[1:]}
+    # every medtune worker against the recipe; the TRL modes against their medtune counterpart
+    summary["vs_seed"] = {worker: _versus(result, seed) for worker, result in by_worker.items()
+                          if worker and not worker.startswith("trl-")}
+    for mode, counterpart in (("trl-equal", "medtune"), ("trl-defaults", "medtune-defaults")):
+        if mode in by_worker:
+            summary[f"vs_{mode}"] = _versus(by_worker[counterpart], by_worker[mode])
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

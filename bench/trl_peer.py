@@ -73,15 +73,17 @@ def train_trl(args, mode: str, settings: dict, train, held_out) -> tuple[dict, o
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+        training_rss = peak_rss_bytes()  # through training; the held-out scoring below is not counted
     model = trainer.model
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
         loss, accuracy = answer_token_loss(model, tokenizer, template, held_out)
     import trl
 
-    measured = {"tokens": tokens, "seconds": seconds, "loss": loss, "accuracy": accuracy, "rss": peak_rss_bytes(),
+    measured = {"tokens": tokens, "seconds": seconds, "loss": loss, "accuracy": accuracy, "rss": training_rss,
                 "n_params": non_embedding_parameters(model.get_base_model()),
                 "extra": {"trl_version": trl.__version__, "mode": mode,
                           "settings": {**settings, "lora": {**lora, "targets": lora["targets"] if isinstance(
                               lora["targets"], str) else list(lora["targets"])}},
-                          "gradient_checkpointing": settings["gradient_checkpointing"]}}
+                          "gradient_checkpointing": settings["gradient_checkpointing"],
+                          "peak_rss_with_heldout_mib": round(peak_rss_bytes() / 2**20)}}
     return measured, tokenizer
