@@ -389,7 +389,9 @@ def test_suite_few_shot_takes_each_tasks_exemplars_from_its_own_dev_split(tiny_q
     assert main(["eval", "--model", str(tiny_qwen3), "--suite", "medical", "--prompt-format", "harness",
                  "--source", f"mmlu={fixtures}", "--num-fewshot", "2", "--limit-per-task", "2",
                  "--output", str(output)]) == 0
-    assert _json(output / "suite.json")["num_fewshot"] == 2
+    summary = _json(output / "suite.json")
+    assert summary["num_fewshot"] == 2
+    assert summary["prompt"] == "harness: each task's own lm-evaluation-harness prompt, 2-shot"
     for task in MMLU_TASKS:
         subject = task.removeprefix("mmlu_")
         assert _json(output / task / "metrics.json")["fewshot"] == {

@@ -432,7 +432,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunDir:
     write_json(run.manifest, manifest)
     write_json(run.fingerprint, training_fingerprint(data.rows.examples))  # what `medtune eval` checks against
     write_json(run.report, {"data": data.reports, "final": record, "best_dev": best, "nonfinite_guard": guard})
-    log(_summary(run, config, data, record, best, finished))
+    log(_summary(run, config, data, record, best, finished, global_batch))
     del model, loss_module, optimizer, parameters, good, best_adapter  # the comparison loads the run afresh
     accelerator.free_memory()  # accelerate keeps references to what it prepared
     compare_with_base(config, run.root, device.value, log)
@@ -521,9 +521,13 @@ def _eval_flags(config: TrainConfig) -> str:
             + (f" --split {config.eval_split}" if hub_split else ""))
 
 
-def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: dict, finished: dict) -> str:
+def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: dict, finished: dict,
+             global_batch: int) -> str:
     """What a person needs when training ends: what was trained, how it went, where it is, what to run next."""
     dev = data.dev
+    rows = data.reports["train_rows"]
+    seen = min(rows, finished["steps"] * global_batch)  # a max_steps run may stop before an epoch ends
+    trained = f"{rows} rows trained" if seen == rows else f"{seen} of {rows} rows trained"
     majority = max((sum(e.answer == k for e in dev) for k in range(len(LETTERS))), default=0)
     accuracy = record.get("dev_accuracy")
     dev_line = (f"dev accuracy {accuracy:.3f} on {len(dev)} questions (always the commonest letter: "
@@ -531,7 +535,7 @@ def _summary(run: RunDir, config: TrainConfig, data: _Data, record: dict, best: 
     loss = f"{record['loss']:.4f}" if "loss" in record else "n/a"
     evaluate = _eval_flags(config) if config.eval_data else "--data EVAL_DATA"
     lines = [
-        f"finished: {data.reports['train_rows']} rows trained, {len(dev)} held for dev; {finished['steps']} of "
+        f"finished: {trained}, {len(dev)} held for dev; {finished['steps']} of "
         f"{finished['planned_steps']} steps in {finished['seconds']:.1f} s ({finished['tokens_per_second']:,.0f} "
         f"tokens/s); final train loss {loss}; {dev_line}",
         f"adapter: {run.adapter}" + (f" (from step {finished['adapter_step']}, the best dev accuracy)"
