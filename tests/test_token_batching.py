@@ -123,7 +123,8 @@ def test_suite_reports_questions_per_second_and_mfu_per_task(tiny_qwen3, tmp_pat
     throughput = json.loads((output / "suite.json").read_text(encoding="utf-8"))["throughput"]
     assert throughput["peak_flops"] > 0 and throughput["non_embedding_parameters"] > 0
     # measured before and after scoring; the better of the two is MFU's denominator
-    assert throughput["peak_flops"] == max(throughput["peak_flops_before_after"]) and throughput["peak_dtype"] == "float32"
+    assert throughput["peak_flops"] == max(throughput["peak_flops_before_after"])
+    assert throughput["peak_dtype"] == "float32"
     rows = throughput["tasks"]
     assert len(rows) == 6 and all(row["questions_per_second"] > 0 and 0 < row["mfu"] < 1 for row in rows.values())
     assert all(row["cached_prefix_tokens"] > 0 and row["computed_tokens"] < row["prompt_tokens"]
