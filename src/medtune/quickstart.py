@@ -63,7 +63,9 @@ def quickstart_config(output: Path, sources: dict, shipped: bool, limit: int | N
         skip_invalid=True, limit=limit or (None if shipped else HUB_LIMIT),
         eval_limit=eval_limit or (None if shipped else HELD_OUT_LIMIT),
         dev_size=0, eval_every=0, epochs=epochs or 1.0, max_steps=None if epochs else QUICKSTART_STEPS,
-        batch_size=8, grad_accum=1, learning_rate=2e-4, max_seq_len=256, save_every=4,
+        # 8 rows a step in micro-batches of 4: as fast as 8 at once on the CPU, and the peak RSS of the whole
+        # quickstart falls from 13.0 to 6.3 GB (README, Quickstart)
+        batch_size=4, grad_accum=2, learning_rate=2e-4, max_seq_len=256, save_every=4,
         resume=(output / "run").exists(),  # a killed quickstart continues where it stopped
     )
 
