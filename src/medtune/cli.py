@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_arguments(parser) -> None:
+    """RUN_DIR and --base-model, as export, card, push and space all take them."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    parser.add_argument("--base-model", metavar="HUB_ID",
+                        help="the base model's Hub id, when the run was trained from a local folder")
+
+
 def _add_export_parser(commands) -> None:
     export = commands.add_parser(
         "export", help="the run for others: the adapter, a merged model or a GGUF file, verified", epilog=EPILOG,
@@ -241,7 +248,7 @@ def _add_export_parser(commands) -> None:
                     "scoring.json), or with --merge the merged model (fp32 safe merge, cast to --dtype, sharded), "
                     "or with --gguf also a GGUF file and an Ollama Modelfile. Each export is checked on a few "
                     "questions against the run and the figures written to verification.json.")
-    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    _add_run_arguments(export)
     export.add_argument("--output", required=True, metavar="DIR", help="the folder to create (new or empty)")
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
     export.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
@@ -252,8 +259,6 @@ def _add_export_parser(commands) -> None:
                              "implies --merge; needs `pip install 'medtune[gguf]'`")
     export.add_argument("--gguf-type", choices=["bf16", "f16", "f32", "q8_0"], default="bf16",
                         help="GGUF weight type (default bf16); K-quants: llama.cpp's llama-quantize (README)")
-    export.add_argument("--base-model", metavar="HUB_ID",
-                        help="the base model's Hub id, when the run was trained from a local folder")
     export.add_argument("--check-data", metavar="FILE",
                         help="check questions (default: the first 8 of the shipped demo set)")
 
@@ -273,13 +278,11 @@ def _add_publish_parsers(commands) -> None:
                                            "eval metrics; never checkpoints, logs or training data) and upload "
                                            "them with huggingface_hub (token: HF_TOKEN or `hf auth login`).")
     for parser in (card, push):
-        parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+        _add_run_arguments(parser)
         parser.add_argument("--eval", action="append", default=[], metavar="DIR",
                             help="a `medtune eval` output folder to report; repeatable (default: the run's "
                                  "eval/base and eval/tuned)")
         parser.add_argument("--suite", metavar="DIR", help="a `medtune eval --suite` output folder to report")
-        parser.add_argument("--base-model", metavar="HUB_ID",
-                            help="the base model's Hub id, when the run was trained from a local folder")
     card.add_argument("--output", metavar="DIR", help="folder for README.md (default: RUN_DIR)")
     card.add_argument("--merged", action="store_true", help="the card of a merged export (library transformers)")
     card.add_argument("--repo", metavar="OWNER/NAME", help="the repository the card is for (loading examples)")
@@ -296,13 +299,11 @@ def _add_publish_parsers(commands) -> None:
                                             "app.py (`medtune serve` on 0.0.0.0:7860), requirements.txt, the "
                                             "medtune package, the clean run (or --model-repo), and a README "
                                             "with the Space front matter and the MEDTUNE_API_KEY secret.")
-    space.add_argument("run_dir", metavar="RUN_DIR", help="a finished training run")
+    _add_run_arguments(space)
     space.add_argument("--output", required=True, metavar="DIR", help="the Space folder to create")
     space.add_argument("--model-repo", metavar="OWNER/NAME",
                        help="serve this pushed model repository (`medtune push`), downloaded at start-up, "
                             "instead of copying the run into the folder")
-    space.add_argument("--base-model", metavar="HUB_ID",
-                       help="the base model's Hub id, when the run was trained from a local folder")
 
 
 def _run_train(args) -> int:
