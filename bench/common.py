@@ -5,38 +5,23 @@ from __future__ import annotations
 import json
 import math
 import resource
-import time
 
 import torch
 
 from medtune.evaluate import choice_logprobs
+from medtune.suite import measured_peak_flops, non_embedding_parameters  # noqa: F401 (the benches' too)
 from medtune.tokenization import collate_prompts, encode_prompt, letter_token_ids, pad_token_id
 
 
-def peak_matmul_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
-    """Best sustained FLOP/s of a square matmul in `dtype` on the CPU, with all of torch's threads."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
-    return best
+def peak_matmul_flops(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """Best sustained FLOP/s of a 2048 square matmul in `dtype` on the CPU, with all of torch's threads: the
+    suite's own MFU denominator (`medtune.suite.measured_peak_flops`), timed longer."""
+    return measured_peak_flops("cpu", dtype, seconds)
 
 
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def non_embedding_parameters(model) -> int:
-    """Parameters that take part in per-token matmuls: all but the input embedding (the tied head is counted
-    separately by callers that use it)."""
-    embedding = model.get_input_embeddings().weight.numel()
-    return sum(p.numel() for p in model.parameters()) - embedding
 
 
 @torch.no_grad()
