@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -9,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -365,8 +367,6 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
     """Wrap `model` with a fresh, trainable LoRA adapter; the base weights are frozen. Refuses lm_head or
     embed_tokens as targets of a model with tied embeddings: the adapter would change one shared matrix through
     two paths, and merging it writes the change in twice (PEFT 0.21's ensure_weight_tying)."""
-    import warnings
-
     from peft import LoraConfig, get_peft_model
 
     targets = list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
@@ -377,9 +377,17 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
                          "drop them from lora_target_modules, or train on an untied copy of the base made with "
                          f"transformers: {untie_recipe()}; then --model UNTIED")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # PEFT still asks transformers 5 for a renamed attribute; harmless
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """PEFT (0.21) still reads transformers 5's renamed `is_gradient_checkpointing` whenever it wraps or unwraps a
+    model, and transformers warns each time; harmless, so every PEFT call here runs inside this."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def enable_checkpointing(model, every_n_layers: int) -> None:
@@ -409,7 +417,8 @@ def load_adapter(model, adapter_dir: str | Path, expected_fingerprint: str | Non
             f"the adapter in {adapter_dir} was trained on a base model with fingerprint {expected_fingerprint}, "
             f"but the loaded base has {actual}: refusing to load it onto a different model"
         )
-    return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
 
 
 def fold_adapter(model) -> tuple[torch.nn.Module, str]:
@@ -427,8 +436,6 @@ def fold_adapter(model) -> tuple[torch.nn.Module, str]:
     - a bitsandbytes 4/8-bit base: merging re-quantizes W + BA to 4 or 8 bits, and the adapter's change, far
       smaller than one quantization step, is mostly rounded away (the scores would move, not just speed up);
     - an adapter on a tied lm_head/embed_tokens: one shared matrix would receive the change twice."""
-    import warnings
-
     if not hasattr(model, "merge_and_unload"):
         return model, "no adapter to fold"
     base = model.get_base_model()
@@ -439,8 +446,7 @@ def fold_adapter(model) -> tuple[torch.nn.Module, str]:
     tied = tied_embedding_targets(base.config, config.target_modules, getattr(config, "modules_to_save", None))
     if tied:
         return model, f"kept unmerged: the adapter changes {', '.join(tied)}, one matrix tied to the other"
-    with warnings.catch_warnings():  # PEFT still asks transformers 5 for a renamed attribute; harmless
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return model.merge_and_unload().eval(), "folded into the base weights in memory (inference at base speed)"
 
 

@@ -160,15 +160,14 @@ def _refuse_tied_targets(manifest: dict, adapter_config: dict) -> None:
 
 def merge_adapter(model):
     """PEFT's safe merge (it checks the merged weights for NaN/inf) of a LoRA model whose base is not quantized."""
-    import warnings
+    from medtune.modeling import quiet_peft
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
         raise ExportError("cannot merge into a 4-bit or 8-bit base: the merged weights would be re-quantized and "
                           "the adapter's change lost in rounding; load the base in 16-bit or fp32 and merge there "
                           "(`medtune export RUN_DIR --merge` does that for a QLoRA run)")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return model.merge_and_unload(safe_merge=True)
 
 
